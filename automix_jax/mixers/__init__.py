@@ -1,0 +1,46 @@
+"""Static mixers as pure, key-first JAX transforms.
+
+Every mixer has the signature::
+
+    mixed_images, mixed_labels, aux = mixer(key, images, labels, *, ...)
+
+with ``images`` ``[B, H, W, C]`` float, ``labels`` ``[B, K]`` dense targets and
+``aux`` holding at least ``lam`` (``[B]``, own-label weight) and ``index`` (``[B]``,
+partner). See ``automix_jax/mixers/_common.py`` for the full contract. This
+package imports only jax and numpy.
+"""
+
+from automix_jax.mixers._attentive import attentive_grid_mix
+from automix_jax.mixers._common import LAM_SCOPES
+from automix_jax.mixers._common import PARTNERS
+from automix_jax.mixers._common import apply_mask
+from automix_jax.mixers._common import draw_lam
+from automix_jax.mixers._common import draw_partner
+from automix_jax.mixers._common import mix_labels
+from automix_jax.mixers._common import one_hot
+from automix_jax.mixers._compose import get
+from automix_jax.mixers._compose import names
+from automix_jax.mixers._compose import no_mix
+from automix_jax.mixers._compose import per_device
+from automix_jax.mixers._compose import register
+from automix_jax.mixers._compose import switch
+from automix_jax.mixers._cutmix import cutmix
+from automix_jax.mixers._fmix import fmix
+from automix_jax.mixers._gridmix import gridmix
+from automix_jax.mixers._maskmix import maskmix
+from automix_jax.mixers._mixup import mixup
+from automix_jax.mixers._nway import nway_mixup
+from automix_jax.mixers._resizemix import resizemix
+from automix_jax.mixers._saliencymix import saliencymix
+from automix_jax.mixers._smoothmix import smoothmix
+
+register("mixup")(mixup)
+register("cutmix")(cutmix)
+register("fmix")(fmix)
+register("resizemix")(resizemix)
+register("saliencymix")(saliencymix)
+register("gridmix")(gridmix)
+register("smoothmix")(smoothmix)
+register("attentivemix")(attentive_grid_mix)
+register("maskmix")(maskmix)
+register("nway_mixup")(nway_mixup)

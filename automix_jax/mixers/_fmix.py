@@ -1,0 +1,5 @@
+"""Placeholder: being written."""
+
+
+def fmix(key, images, labels, **kwargs):
+  raise NotImplementedError("fmix is not implemented yet.")
