@@ -151,6 +151,13 @@ def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"
           f"{batch_size // n_shards}.")
     fn = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(), spec, spec),
                        out_specs=spec, check_vma=False)
+    # Lay the batch out along the axis first: a no-op when it already is (the
+    # trainer's batches are), a scatter when a caller passes a local array.
+    batch_sharding = jax.sharding.NamedSharding(mesh, spec)
+    explicit = jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)
+    place = jax.reshard if explicit else jax.lax.with_sharding_constraint
+    images = place(images, batch_sharding)
+    labels = place(labels, batch_sharding)
     return fn(key, images, labels)
 
   return wrapped
