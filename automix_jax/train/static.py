@@ -1,0 +1,187 @@
+"""Static mixing (MixUp, CutMix, ... or vanilla) as a pure training method.
+
+``StaticMixing(config, num_classes=..., steps_per_epoch=..., mesh=...)`` is the
+method the loop plugs in for ``config.method == "static"``:
+
+* ``init(key, sample_images [b, H, W, C]) -> TrainState``
+* ``train_step(state, batch, key) -> (state, metrics)`` with
+  ``batch = {"image": [B, H, W, C] float32, "label": [B] int32}`` and ``key``
+  the run's root key. Pure; the loop jits it once with ``donate_argnums=0``.
+* ``eval_variants(state) -> {"online_one": (variables, "one"), "ema_one": ...}``
+* ``predict(variables, head, images) -> [B, K] float32 logits``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from automix_jax import mixers
+from automix_jax.train import ema as ema_lib
+from automix_jax.train import losses
+from automix_jax.train import optim
+from automix_jax.train import state as state_lib
+
+
+def _cfg_dict(x: Any) -> dict:
+  if x is None:
+    return {}
+  return dict(x.to_dict() if hasattr(x, "to_dict") else x)
+
+
+def build_model(config: Any, num_classes: int, heads=("one",)):
+  """``models.build`` from ``config.model`` (+ ``config.bf16``)."""
+  from automix_jax import models  # Lazy: models may land after this module.
+  dtype = jnp.bfloat16 if config.get("bf16", False) else jnp.float32
+  return models.build(config.model.name, num_classes=num_classes,
+                      width=float(config.model.get("width", 1.0)),
+                      heads=tuple(heads), dtype=dtype,
+                      **_cfg_dict(config.model.get("kwargs", None)))
+
+
+def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
+  """The mixer named by ``config.mixer`` / ``config.switch`` (+ per-device).
+
+  Every mixer name and keyword is validated here (unknown name -> ValueError).
+  """
+  switch = config.get("switch", None)
+  if switch is not None and switch.get("enabled", False):
+    names = list(switch.mixers)
+    kwargs = list(switch.get("kwargs", ())) or [{}] * len(names)
+    if len(kwargs) != len(names):
+      raise ValueError(
+          f"`switch.kwargs` needs one dict per mixer in `switch.mixers` "
+          f"({len(names)}); got {len(kwargs)}.")
+    fns = [mixers.get(n, **_cfg_dict(k)) for n, k in zip(names, kwargs)]
+    probs = list(switch.get("probs", ())) or None
+    p_none = float(switch.get("p_none", 0.0))
+
+    def mixer(key, images, labels):
+      return mixers.switch(key, images, labels, mixers=fns, probs=probs,
+                           p_none=p_none)
+  else:
+    mixer = mixers.get(config.mixer.name,
+                       **_cfg_dict(config.mixer.get("kwargs", None)))
+  if config.get("per_device_mixing", False):
+    if mesh is None:
+      raise ValueError("`per_device_mixing=True` needs the device mesh.")
+    mixer = mixers.per_device(mixer, mesh)
+  return mixer
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class StaticMixing:
+  """Classifier trained on statically mixed batches (soft-target CE).
+
+  EMA (optional, ``config.ema.enabled``): after each optimizer step,
+  ``ema_params <- m ema_params + (1 - m) params`` with m from
+  ``config.ema`` (constant or AutoMix's cosine schedule). The EMA model has no
+  forward pass of its own during training, so its BatchNorm statistics are a
+  *copy* of the online ``batch_stats`` (which are themselves running averages);
+  this is the usual "model EMA" convention (timm ``ModelEmaV2`` averages
+  buffers too, with the same momentum; copying avoids averaging an average).
+  """
+
+  reported_variant: str
+
+  def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
+               mesh: jax.sharding.Mesh | None = None):
+    if not isinstance(num_classes, int) or num_classes < 2:
+      raise ValueError(f"`num_classes` must be an int >= 2; got "
+                       f"{num_classes!r}.")
+    self.config = config
+    self.num_classes = num_classes
+    self.steps_per_epoch = int(steps_per_epoch)
+    self.total_steps = self.steps_per_epoch * int(config.num_epochs)
+    self.mesh = mesh
+    self.model = build_model(config, num_classes)
+    self.mixer = build_mixer(config, mesh)
+    self.tx, self.lr_fn = optim.make_optimizer(
+        config.optimizer, steps_per_epoch=self.steps_per_epoch,
+        num_epochs=int(config.num_epochs))
+    self.label_smoothing = float(config.get("label_smoothing", 0.0))
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"`label_smoothing` must lie in [0, 1); got "
+                       f"{self.label_smoothing}.")
+    self.use_ema = bool(config.ema.enabled)
+    self.momentum_fn = (ema_lib.from_config(config.ema,
+                                            total_steps=self.total_steps)
+                        if self.use_ema else None)
+    self.reported_variant = "ema_one" if self.use_ema else "online_one"
+
+  # --------------------------------------------------------------------------
+
+  def init(self, key: jax.Array, sample_images: jax.Array
+           ) -> state_lib.TrainState:
+    """Initialises the model on ``sample_images`` ``[b, H, W, C]`` (b >= 1)."""
+    k_params, k_drop = jax.random.split(key)
+    variables = self.model.init({"params": k_params, "dropout": k_drop},
+                                sample_images, train=False)
+    return state_lib.create(params=variables["params"],
+                            batch_stats=variables.get("batch_stats", {}),
+                            tx=self.tx, ema=self.use_ema)
+
+  def train_step(self, state: state_lib.TrainState, batch: dict,
+                 key: jax.Array) -> tuple[state_lib.TrainState, dict]:
+    """One update on a mixed batch. ``batch``: image ``[B,H,W,C]``, label ``[B]``."""
+    images, labels = batch["image"], batch["label"]
+    step_key = jax.random.fold_in(key, state.step)
+    k_mix, k_drop = jax.random.split(step_key)  # by purpose: mixing, dropout
+    targets = mixers.one_hot(labels, self.num_classes,
+                             smoothing=self.label_smoothing)
+    mixed, mixed_targets, aux = self.mixer(k_mix, images, targets)
+
+    def loss_fn(params):
+      out, new_vars = self.model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, mixed,
+          train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+      loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
+      return loss, new_vars.get("batch_stats", {})
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "lr": self.lr_fn(state.step),
+        "lam_mean": jnp.mean(aux["lam"]),
+        "finite": jnp.logical_and(_all_finite(grads), jnp.isfinite(loss)),
+    }
+    ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+    if self.use_ema:
+      # m(t) of the iteration just taken (t = state.step before increment).
+      m, one_minus_m = self.momentum_fn(state.step)
+      ema_params = ema_lib.ema_update(ema_params, params, m, one_minus_m)
+      ema_batch_stats = batch_stats  # copied; see class docstring
+      metrics["ema_momentum"] = m
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats,
+        opt_state=opt_state, ema_params=ema_params,
+        ema_batch_stats=ema_batch_stats)
+    return new_state, metrics
+
+  # --------------------------------------------------------------------------
+
+  def eval_variants(self, state: state_lib.TrainState) -> dict:
+    """``{name: (variables, head)}``: online (and EMA) weights, head "one"."""
+    out = {"online_one": ({"params": state.params,
+                           "batch_stats": state.batch_stats}, "one")}
+    if self.use_ema:
+      out["ema_one"] = ({"params": state.ema_params,
+                         "batch_stats": state.ema_batch_stats}, "one")
+    return out
+
+  def predict(self, variables: Any, head: str, images: jax.Array) -> jax.Array:
+    """Eval-mode logits ``[B, K]`` float32 of ``head`` on ``images`` ``[B,H,W,C]``."""
+    out = self.model.apply(variables, images, train=False)
+    return out["logits"][head].astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Config files: each exposes ``get_config(arg=None)`` (ml_collections)."""
