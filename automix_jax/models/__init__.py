@@ -1,0 +1,143 @@
+"""Model zoo (Flax Linen): CIFAR/ImageNet ResNets, WideResNet, ViT/DeiT.
+
+Every model follows docs/interfaces.md ("Models")::
+
+  model = models.build("cifar_resnet18", num_classes=100, heads=("one", "mix"))
+  variables = models.init(model, jax.random.key(0), (32, 32, 3))
+  out, updates = model.apply(variables, images, train=True,
+                             mutable=["batch_stats"])
+  out["logits"]["one"]   # [B, 100] float32
+  out["stages"][2]       # [B, 8, 8, 256], the AutoMix/AdAutoMix mask feature
+  out["pooled"]          # [B, 512] float32
+
+ViTs have no BatchNorm (``mutable=["batch_stats"]`` returns empty updates) and
+also return ``"cls_attention"``; they need a ``"dropout"`` rng when trained with
+a nonzero dropout or drop-path rate.
+"""
+
+import dataclasses
+import functools
+import math
+import numbers
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from automix_jax.models import _heads
+from automix_jax.models import resnet
+from automix_jax.models import vit
+from automix_jax.models import wide_resnet
+from automix_jax.models._heads import LinearHeads  # noqa: F401
+from automix_jax.models.resnet import ResNet
+from automix_jax.models.vit import ViT
+from automix_jax.models.wide_resnet import WideResNet
+
+# name -> (module class, preset fields).
+_REGISTRY = {
+    **{n: (ResNet, p) for n, p in resnet.PRESETS.items()},
+    **{n: (WideResNet, p) for n, p in wide_resnet.PRESETS.items()},
+    **{n: (ViT, p) for n, p in vit.PRESETS.items()},
+}
+# Set by build() itself; the remaining dataclass fields may be overridden.
+_BUILD_ARGS = ("num_classes", "width", "heads", "dtype")
+
+
+def names() -> tuple:
+  """Registered model names, sorted."""
+  return tuple(sorted(_REGISTRY))
+
+
+def _check_dtype(dtype: Any, arg: str) -> Any:
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(
+        f"`{arg}` must be a floating dtype (jnp.float32, jnp.bfloat16, ...); "
+        f"got {dtype!r}.")
+  return dt
+
+
+def build(name: str, *, num_classes: int, width: float = 1.0,
+          heads: Sequence[str] = ("one",), dtype: Any = jnp.float32, **kwargs):
+  """Builds a registered model (a Linen module, not yet initialised).
+
+  Args:
+    name: one of ``names()``.
+    num_classes: classes per head, >= 1.
+    width: channel (ResNet/WRN) or embedding (ViT) multiplier, > 0. Widths are
+      rounded and kept >= 1, so tiny test models (1/16, 1/32) stay valid.
+    heads: non-empty tuple of unique head names; one linear head each.
+    dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters
+      stay float32 and logits are float32.
+    **kwargs: other fields of the module class, e.g. ``depth``/``widen_factor``
+      for ``"wrn"``, ``patch_size``/``drop_path_rate`` for ViTs,
+      ``zero_init_residual`` for ResNets.
+
+  Returns:
+    A ``flax.linen.Module``.
+
+  Raises:
+    ValueError: unknown name or keyword, or an invalid argument.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown model `name` {name!r}; expected one of {names()}.")
+  _heads.check_positive_int(num_classes, "num_classes")
+  if (isinstance(width, bool) or not isinstance(width, numbers.Real)
+      or not math.isfinite(width) or width <= 0):
+    raise ValueError(f"`width` must be a finite number > 0; got {width!r}.")
+  heads = _heads.check_head_names(heads)
+  _check_dtype(dtype, "dtype")
+  cls, preset = _REGISTRY[name]
+  allowed = sorted(f.name for f in dataclasses.fields(cls)
+                   if f.name not in ("parent", "name") + _BUILD_ARGS)
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(
+        f"Unknown keyword(s) {unknown} for model {name!r}; expected a subset of "
+        f"{allowed}.")
+  if "param_dtype" in kwargs:
+    _check_dtype(kwargs["param_dtype"], "param_dtype")
+  fields = {**preset, **kwargs}
+  model = cls(num_classes=int(num_classes), width=float(width), heads=heads,
+              dtype=dtype, **fields)
+  model.check_config()  # Bad field values fail here, not at first apply.
+  return model
+
+
+def init(model, key: jax.Array, image_shape: Sequence[int],
+         batch_size: int = 2) -> dict:
+  """Initialises ``model`` on zeros ``[batch_size, *image_shape]`` (train=False).
+
+  Args:
+    model: a module from ``build``.
+    key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``) for ``params``.
+    image_shape: ``(H, W, C)``.
+    batch_size: dummy batch size; parameters do not depend on it.
+
+  Returns:
+    The variables dict: ``{"params": ..., "batch_stats": ...}`` (no
+    ``batch_stats`` for ViTs).
+  """
+  if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
+      or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
+             for s in image_shape)):
+    raise ValueError(
+        f"`image_shape` must be (H, W, C) positive ints; got {image_shape!r}.")
+  _heads.check_positive_int(batch_size, "batch_size")
+  images = jnp.zeros((batch_size, *image_shape), jnp.float32)
+  # jit: initialising op by op is much slower for big models.
+  return jax.jit(functools.partial(model.init, train=False))(key, images)
+
+
+def num_params(params: Any) -> int:
+  """Total number of parameter entries in a pytree (pass ``variables["params"]``)."""
+  return int(sum(np.prod(np.shape(x), dtype=np.int64)
+                 for x in jax.tree_util.tree_leaves(params)))
+
+
+__all__ = ["build", "names", "init", "num_params", "ResNet", "WideResNet",
+           "ViT", "LinearHeads"]
