@@ -1,0 +1,105 @@
+"""Data: random-access sources, CIFAR augmentation, sharded batch iterators.
+
+A *source* has ``len(source)``, ``source.num_classes``, ``source.image_shape``
+``(H, W, C)`` and ``source[indices] -> {"image": uint8 [n, H, W, C],
+"label": int32 [n]}``. See docs/interfaces.md ("Data").
+
+Typical use::
+
+  train_src, test_src = data.build_sources(config.data)
+  it = data.TrainIterator(train_src, global_batch_size=config.batch_size,
+                          seed=config.seed,
+                          augment=data.augment_from_config(config.data, train=True),
+                          sharding=NamedSharding(mesh, P("data")))
+  for batch in data.eval_batches(test_src, batch_size=..., sharding=...,
+                                 normalize=data.augment_from_config(
+                                     config.data, train=False)):
+    ...
+"""
+
+from __future__ import annotations
+
+import logging
+
+from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, Augment,
+                                      augment_jax, eval_transform,
+                                      normalize_np, randaugment_np,
+                                      random_crop_flip_np, resize_jax)
+from automix_jax.data.augment import from_config as augment_from_config
+from automix_jax.data.offline import (CIFAR10_CLASSES, ArraySource,
+                                      load_cifar10_archive, subset_per_class)
+from automix_jax.data.pipeline import TrainIterator, eval_batches
+from automix_jax.data.tfds_source import TfdsSource, open_tfds
+
+ARCHIVE_NAME = "cifar10_archive"
+
+__all__ = [
+    "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
+    "TfdsSource", "TrainIterator", "augment_from_config", "augment_jax",
+    "build_sources", "eval_batches", "eval_transform", "load_cifar10_archive",
+    "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
+    "resize_jax", "subset_per_class",
+]
+
+
+def _get(cfg, key, default=None):
+  if hasattr(cfg, "get"):
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
+
+
+def build_sources(data_config):
+  """``(train_source, test_source)`` from a config ``data`` block.
+
+  Keys: ``name`` ("cifar10_archive" or a TFDS name), ``archive_path``,
+  ``cache_dir``, ``tfds_data_dir``, ``train_split``, ``test_split``,
+  ``images_per_class`` (0 = all; > 0: a fixed subset of the *training* set
+  drawn with ``subset_seed``), ``subset_seed``.
+
+  Raises:
+    FileNotFoundError: missing archive / unprepared TFDS data.
+    ValueError: bad keys or values.
+  """
+  name = _get(data_config, "name")
+  if not isinstance(name, str) or not name:
+    raise ValueError(
+        f"config data.name must be '{ARCHIVE_NAME}' or a TFDS name, got "
+        f"{name!r}.")
+  ipc = int(_get(data_config, "images_per_class", 0) or 0)
+  if ipc < 0:
+    raise ValueError(f"config data.images_per_class must be >= 0, got {ipc}.")
+  subset_seed = int(_get(data_config, "subset_seed", 0) or 0)
+  if name == ARCHIVE_NAME:
+    path = _get(data_config, "archive_path")
+    if not path:
+      raise ValueError(
+          "config data.archive_path must point to cifar10-jpeg.tar.gz when "
+          f"data.name == '{ARCHIVE_NAME}'.")
+    arrays = load_cifar10_archive(path,
+                                  cache_dir=_get(data_config, "cache_dir") or None)
+    x_tr, y_tr = arrays["train"]
+    x_te, y_te = arrays["test"]
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    if ipc:
+      x_tr, y_tr = subset_per_class(x_tr, y_tr, ipc, subset_seed,
+                                    num_classes=num_classes)
+    train = ArraySource(x_tr, y_tr, num_classes=num_classes)
+    test = ArraySource(x_te, y_te, num_classes=num_classes)
+  else:
+    data_dir = _get(data_config, "tfds_data_dir") or None
+    train_split = _get(data_config, "train_split", "train") or "train"
+    test_split = _get(data_config, "test_split", "test") or "test"
+    train = open_tfds(name, train_split, data_dir=data_dir)
+    test = open_tfds(name, test_split, data_dir=data_dir)
+    if ipc:
+      if train.process_local:
+        raise ValueError(
+            "config data.images_per_class > 0 with a multi-process TFDS source "
+            "is not supported (the subset must be drawn over the whole split).")
+      everything = train[list(range(len(train)))]
+      x_tr, y_tr = subset_per_class(everything["image"], everything["label"],
+                                    ipc, subset_seed,
+                                    num_classes=train.num_classes)
+      train = ArraySource(x_tr, y_tr, num_classes=train.num_classes)
+  logging.info("build_sources(%s): train %r, test %r", name, train, test)
+  return train, test
