@@ -1,0 +1,444 @@
+"""The training loop: ``train_and_evaluate(config, workdir) -> summary``.
+
+big_vision's structure (mesh, input, model, shard, update step, checkpoint,
+evals, loop) on top of a pluggable *method* (``automix_jax.train.methods``):
+
+* mesh: one ``"data"`` axis over all devices of all processes; state
+  replicated, batches sharded; the step is jitted once with in/out shardings and
+  ``donate_argnums=0``.
+* RNG: ``root = jax.random.key(config.seed)`` split into (init, train); the
+  method folds the step into the train key, so a resumed run draws the same
+  keys as an uninterrupted one.
+* checkpoints (``automix_jax.checkpoint``): every ``checkpoint.every_steps``
+  and at the end, ``keep`` most recent, with the data iterator's state; a run
+  always resumes from ``workdir`` first. A state is saved only after every step
+  since the previous check was verified finite.
+* evals: top-1/top-5 of every ``method.eval_variants`` entry on the test split
+  every ``eval_every_epochs``; ECE and FGSM (``automix_jax.evaluators``) of the
+  reported variant at the end.
+* reporting: the headline number is the median top-1 of the reported variant
+  over the last ``report_last_epochs`` evaluations (OpenMixup / AdAutoMix).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from automix_jax import sharding
+from automix_jax.train import losses
+from automix_jax.train import methods
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------
+# Validation (before any compute).
+# ---------------------------------------------------------------------------
+
+
+def _positive_int(config, name):
+  v = config[name]
+  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    raise ValueError(f"`config.{name}` must be a positive int; got {v!r}.")
+  return v
+
+
+def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
+  """Raises ``ValueError``/``FileNotFoundError`` on a config that cannot run."""
+  for name in ("num_epochs", "batch_size", "log_every_steps",
+               "eval_every_epochs", "report_last_epochs", "eval_batch_size"):
+    _positive_int(config, name)
+  sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
+  if config.batch_size % jax.process_count():
+    raise ValueError(
+        f"`batch_size` {config.batch_size} is not divisible by the "
+        f"{jax.process_count()} processes.")
+  stop = config.get("stop_after_steps", 0)
+  if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
+    raise ValueError(f"`config.stop_after_steps` must be an int >= 0; got "
+                     f"{stop!r}.")
+  every = config.checkpoint.every_steps
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
+                     f"(0: only at the end); got {every!r}.")
+  methods.get(config.method)  # unknown / unavailable method -> ValueError
+  data = config.data
+  if data.name == "cifar10_archive":
+    path = data.archive_path
+    if not path or not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"`config.data.archive_path` {path!r} does not exist (cwd "
+          f"{os.getcwd()!r}). Point it at cifar10-jpeg.tar.gz, e.g. "
+          "--config.data.archive_path=/work/shared/data/cifar10-jpeg.tar.gz.")
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------
+
+
+def _eval_counts(predict, head, variables, batch):
+  logits = predict(variables, head, batch["image"])
+  mask = batch["mask"].astype(jnp.float32)
+  top1 = losses.topk_correct(logits, batch["label"], 1).astype(jnp.float32)
+  top5 = losses.topk_correct(logits, batch["label"], 5).astype(jnp.float32)
+  return {"top1": jnp.sum(top1 * mask), "top5": jnp.sum(top5 * mask),
+          "count": jnp.sum(mask)}
+
+
+class _TopKEvaluator:
+  """Top-1/top-5 (%) of every eval variant on the test split."""
+
+  def __init__(self, method, test_source, *, batch_size, mesh, data_config):
+    from automix_jax import data as data_lib
+    self._data = data_lib
+    self._source = test_source
+    self._batch_size = batch_size
+    self._sharding = sharding.batch_sharding(mesh)
+    self._data_config = data_config
+    self._method = method
+    self._fns = {}
+    self._repl = sharding.replicated(mesh)
+
+  def _fn(self, head):
+    if head not in self._fns:
+      self._fns[head] = jax.jit(
+          functools.partial(_eval_counts, self._method.predict, head),
+          out_shardings=self._repl)
+    return self._fns[head]
+
+  def batches(self):
+    return self._data.eval_batches(
+        self._source, batch_size=self._batch_size, sharding=self._sharding,
+        normalize=self._data.augment_from_config(self._data_config,
+                                                 train=False))
+
+  def run(self, state) -> dict:
+    variants = self._method.eval_variants(state)
+    totals = {name: None for name in variants}
+    for batch in self.batches():
+      for name, (variables, head) in variants.items():
+        out = self._fn(head)(variables, batch)
+        totals[name] = out if totals[name] is None else jax.tree.map(
+            jnp.add, totals[name], out)
+    result = {}
+    for name, t in totals.items():
+      t = jax.device_get(t)
+      n = max(float(t["count"]), 1.0)
+      result[name] = {"top1": 100.0 * float(t["top1"]) / n,
+                      "top5": 100.0 * float(t["top5"]) / n}
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Writers (automix_jax.metrics when present).
+# ---------------------------------------------------------------------------
+
+
+class _JsonlWriter:
+  """Fallback JSONL writer: one ``{"step": s, **scalars}`` line per call."""
+
+  def __init__(self, path):
+    self._f = open(path, "a")
+
+  def write(self, step, scalars):
+    self._f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+class _Progress:
+  """Fallback tqdm bar: images/s and ETA."""
+
+  def __init__(self, total, initial, images_per_step):
+    import tqdm
+    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step",
+                          dynamic_ncols=True, mininterval=1.0)
+    self._ips = images_per_step
+    self._t0, self._s0 = time.time(), initial
+
+  def update(self, step, **postfix):
+    self._bar.update(step - self._bar.n)
+    dt = time.time() - self._t0
+    if dt > 0:
+      postfix["img/s"] = f"{(step - self._s0) * self._ips / dt:.0f}"
+    self._bar.set_postfix(postfix, refresh=False)
+
+  def close(self):
+    self._bar.close()
+
+
+def _make_writer(workdir):
+  return _JsonlWriter(os.path.join(workdir, METRICS_FILE))
+
+
+def _make_progress(total, initial, images_per_step):
+  return _Progress(total, initial, images_per_step)
+
+
+# ---------------------------------------------------------------------------
+# Summary.
+# ---------------------------------------------------------------------------
+
+
+def summarize(history: list[dict], *, reported_variant: str,
+              report_last: int) -> dict:
+  """Final and median-of-last-N top-1/top-5 for every variant in ``history``.
+
+  ``history``: one entry per evaluation ``{"epoch", "step", "variants":
+  {name: {"top1", "top5"}}}``, in order.
+  """
+  if not history:
+    return {"reported_variant": reported_variant, "reported_top1": None,
+            "variants": {}}
+  last = history[-report_last:]
+  variants = {}
+  for name in history[-1]["variants"]:
+    vals1 = [h["variants"][name]["top1"] for h in last]
+    vals5 = [h["variants"][name]["top5"] for h in last]
+    variants[name] = {
+        "final_top1": history[-1]["variants"][name]["top1"],
+        "final_top5": history[-1]["variants"][name]["top5"],
+        "median_top1": float(np.median(vals1)),
+        "median_top5": float(np.median(vals5)),
+        "best_top1": max(h["variants"][name]["top1"] for h in history),
+    }
+  return {
+      "reported_variant": reported_variant,
+      "reported_top1": variants[reported_variant]["median_top1"],
+      "reported_rule": (f"median top-1 of {reported_variant!r} over the last "
+                        f"{len(last)} evaluation(s) (report_last_epochs="
+                        f"{report_last})"),
+      "variants": variants,
+  }
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict:
+  """Trains ``config.method`` and evaluates it; returns (and writes) a summary.
+
+  Args:
+    config: a (locked) ConfigDict as in docs/config_schema.md.
+    workdir: output folder: ``checkpoints/`` (state + data-iterator state +
+      eval history), the metrics JSONL, ``summary.json``. An existing
+      checkpoint there is resumed.
+
+  Returns:
+    The summary dict (also written to ``workdir/summary.json`` by process 0).
+    With ``config.stop_after_steps > 0`` the run stops (and checkpoints) at that
+    step and the summary has ``"stopped_at_step"``.
+
+  Raises:
+    ValueError, FileNotFoundError: bad config, before any compute.
+    NonFiniteError: a non-finite loss or gradient, naming the first bad step;
+      the last checkpoint (all-finite) is kept.
+  """
+  from automix_jax import checkpoint as ckpt_lib
+  from automix_jax import data as data_lib
+
+  t_start = time.time()
+  mesh = sharding.make_mesh()
+  validate_config(config, mesh)
+  eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
+  workdir = os.path.abspath(workdir)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    os.makedirs(workdir, exist_ok=True)
+
+  # ---- input ----
+  train_source, test_source = data_lib.build_sources(config.data)
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train_aug = data_lib.augment_from_config(config.data, train=True)
+  train_iter = data_lib.TrainIterator(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      augment=train_aug, sharding=batch_sh)
+  steps_per_epoch = train_iter.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+
+  # ---- method / model ----
+  method = methods.get(config.method)(
+      config, num_classes=int(train_source.num_classes),
+      steps_per_epoch=steps_per_epoch, mesh=mesh)
+  root = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(root)
+  sample = jnp.zeros((2, *train_aug.output_shape(train_source.image_shape)),
+                     jnp.float32)
+
+  # ---- shard ----
+  abstract = jax.eval_shape(method.init, init_key, sample)
+  state_sh = sharding.state_shardings(abstract, mesh)
+  init_fn = jax.jit(method.init, out_shardings=state_sh)
+  train_step = jax.jit(method.train_step,
+                       in_shardings=(state_sh, batch_sh, repl),
+                       out_shardings=(state_sh, repl), donate_argnums=0)
+  train_key = jax.device_put(train_key, repl)
+
+  # ---- checkpoint / resume ----
+  every = config.checkpoint.every_steps
+  ckpt = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep,
+      save_interval_steps=every or total_steps)
+  abstract_sharded = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, state_sh)
+  restored = ckpt.restore_latest(abstract_sharded)
+  history: list[dict] = []
+  if restored is not None:
+    _, state, extra = restored
+    train_iter.set_state(extra["data"])
+    history = list(extra.get("history", []))
+    logging.info("Resumed from step %d.", int(jax.device_get(state.step)))
+  else:
+    state = init_fn(init_key, sample)
+
+  # ---- evals / writers ----
+  evaluator = _TopKEvaluator(method, test_source, batch_size=eval_bs,
+                             mesh=mesh, data_config=config.data)
+  writer = _make_writer(workdir) if is_chief else None
+
+  def write(step, scalars):
+    if writer is not None:
+      writer.write(step, scalars)
+
+  # ---- loop ----
+  step = int(jax.device_get(state.step))
+  first_step = step
+  stop_at = config.get("stop_after_steps", 0) or total_steps
+  stop_at = min(stop_at, total_steps)
+  pending: list[tuple[int, dict]] = []
+  last_good = {"step": ckpt.latest_step()}
+
+  def save(step, force):
+    saved = ckpt.save(step, state, {"data": train_iter.get_state(),
+                                    "history": history}, force=force)
+    if saved:
+      last_good["step"] = step
+
+  def flush():
+    """Fetches pending step metrics, checks finiteness, writes one log line."""
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not (np.isfinite(m["loss"]) and bool(m.get("finite", True))):
+        raise NonFiniteError(
+            f"non-finite loss or gradients at step {s} (loss={m['loss']}); "
+            f"stopping. The last checkpoint (step {last_good['step']}) is "
+            "all-finite and kept.")
+    s_last = pending[-1][0]
+    scalars = {f"train/{k}": float(np.mean([np.asarray(m[k], np.float64)
+                                            for m in fetched]))
+               for k in fetched[-1]}
+    scalars["train/lr"] = float(fetched[-1]["lr"])
+    scalars["epoch"] = s_last / steps_per_epoch
+    write(s_last, scalars)
+    pending.clear()
+
+  progress = None
+  if is_chief and config.get("progress_bar", True):
+    progress = _make_progress(total_steps, step, config.batch_size)
+  t_train, eval_time = time.time(), 0.0
+  try:
+    while step < stop_at:
+      batch = next(train_iter)
+      state, m = train_step(state, batch, train_key)
+      step += 1
+      pending.append((step, m))
+      if progress is not None:
+        progress.update(step)
+      end_of_epoch = step % steps_per_epoch == 0
+      if (step % config.log_every_steps == 0 or end_of_epoch
+          or step == stop_at):
+        flush()
+      epoch = step // steps_per_epoch
+      if end_of_epoch and (epoch % config.eval_every_epochs == 0
+                           or step == total_steps):
+        t_eval = time.time()
+        res = evaluator.run(state)
+        eval_time += time.time() - t_eval
+        history.append({"epoch": epoch, "step": step, "variants": res})
+        write(step, {f"eval/{n}/{k}": v for n, r in res.items()
+                     for k, v in r.items()} | {"epoch": float(epoch)})
+        logging.info("epoch %d: %s", epoch, res)
+      # After the epoch's eval, so that a resumed run keeps it in `history`.
+      if (every and step % every == 0) or step == stop_at:
+        flush()  # never checkpoint a state that followed a non-finite step
+        save(step, force=step == stop_at)
+    jax.block_until_ready(state)
+  finally:
+    if progress is not None:
+      progress.close()
+    train_iter.close()
+    ckpt.close()  # waits for the asynchronous writes
+  train_time = time.time() - t_train - eval_time
+  images_per_s = (step - first_step) * config.batch_size / max(train_time,
+                                                               1e-9)
+
+  summary: dict[str, Any] = summarize(
+      history, reported_variant=method.reported_variant,
+      report_last=config.report_last_epochs)
+  if step < total_steps:
+    summary["stopped_at_step"] = step
+  elif config.final_evals.ece or config.final_evals.fgsm:
+    summary.update(_final_evals(config, method, state, evaluator))
+    write(step, {f"final/{k}": v for k, v in summary.items()
+                 if k in ("ece", "fgsm_top1")})
+  summary.update({
+      "steps": step, "total_steps": total_steps,
+      "steps_per_epoch": steps_per_epoch, "epochs": step / steps_per_epoch,
+      "wall_time_s": time.time() - t_start, "train_time_s": train_time,
+      "eval_time_s": eval_time,
+      "train_images_per_s": images_per_s,
+      "num_devices": mesh.size, "num_processes": jax.process_count(),
+      "history": history, "config": config.to_dict(),
+      "workdir": workdir, "resumed_from_step": first_step or None,
+  })
+  if is_chief:
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+      json.dump(summary, f, indent=1, default=str)
+  if writer is not None:
+    writer.close()
+  return summary
+
+
+def _final_evals(config, method, state, evaluator) -> dict:
+  """ECE and FGSM accuracy of the reported variant (automix_jax.evaluators)."""
+  try:
+    from automix_jax import evaluators
+  except ImportError as e:
+    logging.warning("final evals skipped: %s", e)
+    return {"final_evals_skipped": f"automix_jax.evaluators unavailable ({e})"}
+  variables, head = method.eval_variants(state)[method.reported_variant]
+  predict = functools.partial(method.predict, head=head)
+  out = {}
+  fe = config.final_evals
+  if fe.ece:
+    out["ece"] = evaluators.ece(predict, variables, evaluator.batches(),
+                                num_bins=fe.ece_bins)
+  if fe.fgsm:
+    out["fgsm_top1"] = evaluators.fgsm_accuracy(
+        predict, variables, evaluator.batches(), eps=fe.fgsm_eps,
+        std=tuple(config.data.std))
+    out["fgsm_eps"] = fe.fgsm_eps
+  return out
