@@ -23,8 +23,7 @@ measurement behind that choice.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -204,18 +203,34 @@ def augment_jax(key: jax.Array, images_uint8: jax.Array, *, mean=CIFAR_MEAN,
   return _normalize_jax(x, mean, std)
 
 
+def _batch_sharded_like(a, x):
+  """Reshards per-example ``a`` [B, ...] along the batch axis of explicit ``x``."""
+  sh = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sh, "mesh", None)
+  if mesh is None or mesh.empty or not sh.spec or sh.spec[0] is None:
+    return a
+  return jax.sharding.reshard(
+      a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sh.spec[0])))
+
+
 def _crop_flip_jax(key, x, *, padding, flip):
-  b, h, w, _ = x.shape
+  b, h, w, c = x.shape
   k_off, k_flip = jax.random.split(key)
   off = jax.random.randint(k_off, (b, 2), 0, 2 * padding + 1)
+  flips = (jax.random.uniform(k_flip, (b,)) < 0.5) if flip else jnp.zeros(b, bool)
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                 mode="reflect")
-  rows = off[:, :1] + jnp.arange(h)[None]
-  ar = jnp.arange(w)[None]
-  flips = (jax.random.uniform(k_flip, (b,)) < 0.5) if flip else jnp.zeros(b, bool)
-  cols = off[:, 1:] + jnp.where(flips[:, None], w - 1 - ar, ar)
-  return x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+  off, flips = _batch_sharded_like(off, x), _batch_sharded_like(flips, x)
+
+  # Per-example dynamic_slice under vmap (rather than one fancy-index gather)
+  # keeps the batch sharding of `x` with explicit mesh axes.
+  def one(img, o, f):
+    win = jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+    return jnp.where(f, win[:, ::-1], win)
+
+  return jax.vmap(one)(x, off, flips)
 
 
 def _normalize_jax(x, mean, std):
