@@ -132,9 +132,11 @@ def test_every_example_once_per_epoch(sharding, backend):
   assert not np.array_equal(epochs[0], epochs[1])
 
 
-def test_state_restore_reproduces_batches(sharding):
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_state_restore_reproduces_batches(sharding, backend):
   src = _source(70)
-  kw = dict(global_batch_size=16, seed=7, augment="cifar", sharding=sharding)
+  kw = dict(global_batch_size=16, seed=7, sharding=sharding,
+            augment=data.Augment("cifar", backend=backend))
   with data.TrainIterator(src, prefetch=3, **kw) as it:
     for _ in range(3):
       next(it)
@@ -159,13 +161,22 @@ def test_state_restore_reproduces_batches(sharding):
 
 def test_host_augment_deterministic_from_seed_epoch_step(sharding):
   src = _source(64)
-  it = data.TrainIterator(src, global_batch_size=16, seed=1, augment="cifar",
-                          sharding=sharding, prefetch=0)
+  it = data.TrainIterator(src, global_batch_size=16, seed=1, prefetch=0,
+                          augment=data.Augment("cifar", backend="numpy"),
+                          sharding=sharding)
   a = it.local_batch(2, 1)["image"]
   np.testing.assert_array_equal(a, it.local_batch(2, 1)["image"])
   assert not np.array_equal(a, it.local_batch(2, 2)["image"])
   raw = src[it.local_indices(2, 1)]["image"]
   assert not np.array_equal(a, raw)  # augmentation did something
+  # JAX backend (default): the device half depends on (seed, epoch, step) only.
+  aug = data.Augment("cifar")
+  assert aug.backend == "jax"
+  x = jax.device_put(raw, sharding)
+  d1 = np.asarray(aug.device(x, 1, 2, 1, sharding=sharding))
+  np.testing.assert_array_equal(d1, np.asarray(aug.device(x, 1, 2, 1, sharding=sharding)))
+  assert not np.array_equal(d1, np.asarray(aug.device(x, 1, 2, 2, sharding=sharding)))
+  assert not np.array_equal(d1, np.asarray(aug.device(x, 1, 3, 1, sharding=sharding)))
 
 
 def test_process_slices_partition_global_batch(sharding):
