@@ -1,0 +1,284 @@
+"""Metric logging: JSONL writer, run summary, finiteness check, progress bar.
+
+Only process 0 writes (`enabled` defaults to `jax.process_index() == 0`), as
+in big_vision. TensorBoard is not written: it would need `clu`
+(`metric_writers.create_default_writer`), which is not a dependency of this
+project; the JSONL file is the source of truth and `scripts/plot_run.py`
+draws the curves from it.
+
+File format of `<workdir>/metrics.jsonl` (shared with the training loop in
+`automix_jax/train/loop.py` and read by `scripts/plot_run.py`): one JSON object
+per line, `{"step": int, **scalars}`, appended and flushed on every
+`MetricWriter.write`. Values are JSON numbers (NaN/inf are written as the
+Python-json tokens `NaN`/`Infinity`), ints, bools or strings. Keys:
+
+* training lines: `"epoch"` (float, `step / steps_per_epoch`),
+  `"train/loss"`, `"train/lr"` and any other `"train/<name>"` scalar of the
+  method's step metrics (mean over the logging window);
+* evaluation lines (one per evaluated epoch): `"epoch"` (integer-valued
+  float) and, for every eval variant (e.g. `online_one`, `ema_one`),
+  `"eval/<variant>/top1"` and `"eval/<variant>/top5"` in percent and
+  `"eval/<variant>/ece"` as a fraction. `scripts/plot_run.py` also accepts
+  the prefix `"test/"` for these;
+* a final line with `"final/<key>"` entries (median top-1, FGSM, ...).
+
+A resumed run appends to the same file, so steps logged after the last
+checkpoint of the interrupted run can appear twice; readers keep the last
+line of each step (`load_metrics` in `scripts/plot_run.py` does).
+
+`<workdir>/summary.json` holds the final summary dict (written atomically by
+`MetricWriter.write_summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+
+__all__ = ["MetricWriter", "check_finite", "ProgressBar", "to_jsonable",
+           "METRICS_FILE", "SUMMARY_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+def _scalar(value: Any, where: str):
+  """Python scalar for a metric value; jax/numpy scalars become float."""
+  if isinstance(value, (bool, str)) or value is None:
+    return value
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float):
+    return value
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    host = np.asarray(jax.device_get(value))
+    if host.size != 1:
+      raise ValueError(f"scalars: {where} must be a scalar, got shape "
+                       f"{host.shape}.")
+    if host.dtype == np.bool_:
+      return bool(host.reshape(()))
+    return float(host.reshape(()))
+  raise ValueError(f"scalars: {where} has unsupported type "
+                   f"{type(value).__name__} (expected a number or string).")
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Recursively converts jax/numpy values in dicts/lists to JSON types.
+
+  Scalars become Python floats/ints/bools; arrays become (nested) lists.
+  """
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, (jax.Array, np.ndarray, np.generic)):
+    host = np.asarray(jax.device_get(obj))
+    return host.tolist()
+  return obj
+
+
+def _check_step(step) -> int:
+  if isinstance(step, (jax.Array, np.ndarray, np.generic)):
+    host = np.asarray(jax.device_get(step))
+    if host.shape != () or not np.issubdtype(host.dtype, np.integer):
+      raise ValueError(f"step: expected an integer scalar, got {step!r}.")
+    step = int(host)
+  if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    raise ValueError(f"step: expected an int >= 0, got {step!r}.")
+  return step
+
+
+class MetricWriter:
+  """Appends `{"step": step, **scalars}` lines to `<workdir>/metrics.jsonl`.
+
+  Args:
+    workdir: run directory (created if missing).
+    enabled: write at all; defaults to `jax.process_index() == 0` so that
+      only the chief process writes. A disabled writer accepts every call
+      and does nothing.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *,
+               enabled: bool | None = None):
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+      raise ValueError(f"workdir: expected a non-empty path, got {workdir!r}.")
+    self.workdir = os.fspath(workdir)
+    self.enabled = _is_chief() if enabled is None else bool(enabled)
+    self.path = os.path.join(self.workdir, METRICS_FILE)
+    self._f = None
+    if self.enabled:
+      os.makedirs(self.workdir, exist_ok=True)
+      self._f = open(self.path, "a", encoding="utf-8")
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Writes one line; jax/numpy scalars become floats. Flushes.
+
+    Args:
+      step: global step, int >= 0 (or an integer scalar array).
+      scalars: `{name: scalar}`; names are strings other than "step".
+    """
+    step = _check_step(step)
+    if not isinstance(scalars, Mapping):
+      raise ValueError(
+          f"scalars: expected a dict, got {type(scalars).__name__}.")
+    line = {"step": step}
+    for k, v in scalars.items():
+      if not isinstance(k, str) or k == "step":
+        raise ValueError(f"scalars: keys must be strings other than 'step', "
+                         f"got {k!r}.")
+      line[k] = _scalar(v, repr(k))
+    if not self.enabled:
+      return
+    if self._f is None:
+      raise RuntimeError(f"MetricWriter({self.path}) is closed.")
+    self._f.write(json.dumps(line) + "\n")
+    self._f.flush()
+
+  def write_summary(self, summary: Mapping[str, Any]) -> str | None:
+    """Writes `<workdir>/summary.json` atomically (tmp file + rename).
+
+    Args:
+      summary: JSON-able dict (jax/numpy values are converted).
+
+    Returns:
+      The path written, or None when disabled.
+    """
+    if not isinstance(summary, Mapping):
+      raise ValueError(
+          f"summary: expected a dict, got {type(summary).__name__}.")
+    text = json.dumps(to_jsonable(summary), indent=1, sort_keys=True)
+    if not self.enabled:
+      return None
+    os.makedirs(self.workdir, exist_ok=True)
+    path = os.path.join(self.workdir, SUMMARY_FILE)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX: readers never see half a file
+    return path
+
+  def close(self) -> None:
+    """Closes the file (idempotent)."""
+    if self._f is not None:
+      self._f.close()
+      self._f = None
+
+
+def check_finite(step: int, scalars: Mapping[str, Any],
+                 keys: Iterable[str] = ("loss",)) -> None:
+  """Raises FloatingPointError if a watched metric is NaN or infinite.
+
+  A scalar is watched if its name equals one of `keys` or ends in
+  `"/" + key` (so `keys=("loss",)` covers `"train/loss"`). Values may be
+  arrays (every element is checked).
+
+  Args:
+    step: the step the metrics belong to (named in the error).
+    scalars: `{name: value}`.
+    keys: metric names to watch; each must match at least one entry.
+
+  Raises:
+    FloatingPointError: naming the step and the key.
+    ValueError: a key matches nothing in `scalars` (a typo would otherwise
+      silently disable the check).
+  """
+  if not isinstance(scalars, Mapping):
+    raise ValueError(f"scalars: expected a dict, got {type(scalars).__name__}.")
+  if isinstance(keys, str):
+    keys = (keys,)
+  host = None
+  for key in keys:
+    names = [k for k in scalars if k == key or k.endswith("/" + key)]
+    if not names:
+      raise ValueError(f"keys: {key!r} matches no entry of scalars "
+                       f"{sorted(scalars)}.")
+    if host is None:
+      host = jax.device_get(dict(scalars))
+    for name in names:
+      value = np.asarray(host[name], np.float64)
+      if not np.all(np.isfinite(value)):
+        shown = value.item() if value.size == 1 else value
+        raise FloatingPointError(
+            f"Non-finite {name} = {shown} at step {step}.")
+
+
+class ProgressBar:
+  """tqdm progress bar over training steps with images/s and ETA.
+
+  Disabled (a no-op) on processes other than 0. Refreshes at most every
+  `mininterval` seconds, so it is cheap to update every step. The images/s
+  rate is measured from the first `update` on, which leaves out the first
+  step's compilation.
+
+  Args:
+    total_steps: number of steps of the whole run.
+    initial: step the run (re)starts from.
+    batch_size: global batch size (images per step).
+    enabled: defaults to `jax.process_index() == 0`.
+    mininterval: minimum seconds between refreshes.
+  """
+
+  def __init__(self, total_steps: int, initial: int = 0, batch_size: int = 1,
+               *, enabled: bool | None = None, mininterval: float = 1.0):
+    for name, v, lo in (("total_steps", total_steps, 1), ("initial", initial, 0),
+                        ("batch_size", batch_size, 1)):
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}.")
+    import tqdm  # pylint: disable=import-outside-toplevel
+    self.enabled = _is_chief() if enabled is None else bool(enabled)
+    self._batch_size = batch_size
+    self._bar = tqdm.tqdm(total=total_steps, initial=initial, unit="step",
+                          dynamic_ncols=True, mininterval=mininterval,
+                          disable=not self.enabled)
+    self._t0 = None
+    self._s0 = initial
+    self.step = initial
+
+  def __enter__(self) -> "ProgressBar":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def images_per_second(self) -> float:
+    """Training throughput since the first update (0 before two updates)."""
+    if self._t0 is None:
+      return 0.0
+    dt = time.perf_counter() - self._t0
+    return (self.step - self._s0) * self._batch_size / dt if dt > 0 else 0.0
+
+  def update(self, step: int, **postfix: Any) -> None:
+    """Moves the bar to `step`; extra keyword values are shown after it."""
+    step = _check_step(step)
+    if self._t0 is None:
+      self._t0, self._s0 = time.perf_counter(), step
+    self.step = step
+    if not self.enabled:
+      return
+    self._bar.update(step - self._bar.n)
+    ips = self.images_per_second()
+    if ips > 0 and math.isfinite(ips):
+      postfix["img/s"] = f"{ips:.0f}"
+    if postfix:
+      self._bar.set_postfix(postfix, refresh=False)
+
+  def close(self) -> None:
+    self._bar.close()

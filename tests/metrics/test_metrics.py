@@ -1,0 +1,185 @@
+"""Tests for automix_jax/metrics.py and scripts/plot_run.py."""
+
+import importlib.util
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from automix_jax import metrics
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _plot_module():
+  spec = importlib.util.spec_from_file_location(
+      "plot_run", os.path.join(_ROOT, "scripts", "plot_run.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _read_lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_metric_writer_lines_and_types(tmp_path):
+  w = metrics.MetricWriter(tmp_path / "run", enabled=True)
+  w.write(1, {"train/loss": jnp.float32(2.5), "train/lr": np.float64(0.1),
+              "count": 3, "name": "x", "ok": np.bool_(True)})
+  # Flushed after each write: readable before close.
+  lines = _read_lines(tmp_path / "run" / "metrics.jsonl")
+  assert lines == [{"step": 1, "train/loss": 2.5, "train/lr": 0.1,
+                    "count": 3, "name": "x", "ok": True}]
+  assert isinstance(lines[0]["train/loss"], float)
+  w.write(jnp.int32(2), {"eval/ema_one/top1": jnp.array([81.5])})
+  w.close()
+  w.close()
+  with pytest.raises(RuntimeError, match="closed"):
+    w.write(3, {"a": 1.0})
+  # Re-opening appends (resumed runs).
+  with metrics.MetricWriter(tmp_path / "run", enabled=True) as w2:
+    w2.write(3, {"train/loss": float("nan")})
+  lines = _read_lines(tmp_path / "run" / "metrics.jsonl")
+  assert [l["step"] for l in lines] == [1, 2, 3]
+  assert lines[1]["eval/ema_one/top1"] == 81.5
+  assert np.isnan(lines[2]["train/loss"])
+
+
+def test_metric_writer_bad_input(tmp_path):
+  with metrics.MetricWriter(tmp_path, enabled=True) as w:
+    with pytest.raises(ValueError, match="step"):
+      w.write(-1, {"a": 1.0})
+    with pytest.raises(ValueError, match="step"):
+      w.write(1.5, {"a": 1.0})
+    with pytest.raises(ValueError, match="scalars"):
+      w.write(1, {"a": np.ones(3)})
+    with pytest.raises(ValueError, match="scalars"):
+      w.write(1, {"step": 1.0})
+    with pytest.raises(ValueError, match="scalars"):
+      w.write(1, [1.0])
+    with pytest.raises(ValueError, match="summary"):
+      w.write_summary([1])
+  with pytest.raises(ValueError, match="workdir"):
+    metrics.MetricWriter(None)
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  w = metrics.MetricWriter(tmp_path / "off", enabled=False)
+  w.write(1, {"a": 1.0})
+  assert w.write_summary({"a": 1}) is None
+  w.close()
+  assert not (tmp_path / "off").exists()
+  # Default: process 0 writes.
+  with metrics.MetricWriter(tmp_path / "on") as w:
+    assert w.enabled
+    w.write(1, {"a": 1.0})
+  assert (tmp_path / "on" / "metrics.jsonl").exists()
+
+
+def test_write_summary_atomic(tmp_path):
+  with metrics.MetricWriter(tmp_path, enabled=True) as w:
+    w.write_summary({"reported_top1": np.float32(81.5), "hist": jnp.arange(3),
+                     "nested": {"x": np.int64(2)}})
+    path = w.write_summary({"reported_top1": 82.0})
+  assert path == os.path.join(tmp_path, "summary.json")
+  assert json.load(open(path)) == {"reported_top1": 82.0}
+  # No tmp file left behind.
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "summary.json"]
+
+
+def test_check_finite():
+  metrics.check_finite(5, {"train/loss": 1.0, "train/lr": float("nan")})
+  with pytest.raises(FloatingPointError, match=r"train/loss.*step 7"):
+    metrics.check_finite(7, {"train/loss": jnp.float32(jnp.inf)})
+  with pytest.raises(FloatingPointError, match=r"grad_norm.*step 3"):
+    metrics.check_finite(3, {"loss": 0.5, "grad_norm": np.array([1.0, np.nan])},
+                         keys=("loss", "grad_norm"))
+  with pytest.raises(ValueError, match="keys"):
+    metrics.check_finite(1, {"train/los": 1.0})
+
+
+def test_progress_bar(capsys):
+  with metrics.ProgressBar(10, initial=2, batch_size=100,
+                           enabled=True, mininterval=0) as bar:
+    for s in range(3, 11):
+      bar.update(s, loss=0.5)
+    assert bar.step == 10
+    assert bar.images_per_second() > 0
+  err = capsys.readouterr().err
+  assert "10/10" in err and "img/s" in err
+  with metrics.ProgressBar(10, enabled=False) as off:
+    off.update(5)
+  assert capsys.readouterr().err == ""
+  with pytest.raises(ValueError, match="total_steps"):
+    metrics.ProgressBar(0)
+  with pytest.raises(ValueError, match="batch_size"):
+    metrics.ProgressBar(5, batch_size=0)
+
+
+def _synthetic_run(run_dir, n_epochs=4, steps_per_epoch=5, resume_at=None):
+  with metrics.MetricWriter(run_dir, enabled=True) as w:
+    for step in range(1, n_epochs * steps_per_epoch + 1):
+      w.write(step, {"train/loss": 2.0 / step, "train/lr": 0.1 * (1 - step / 40),
+                     "epoch": step / steps_per_epoch})
+      if step % steps_per_epoch == 0:
+        e = step // steps_per_epoch
+        w.write(step, {"eval/online_one/top1": 50.0 + e,
+                       "eval/ema_one/top1": 52.0 + e,
+                       "eval/ema_one/ece": 0.05, "epoch": float(e)})
+    if resume_at is not None:  # re-logged steps of a resumed run
+      w.write(resume_at, {"train/loss": 99.0, "train/lr": 0.0,
+                          "epoch": resume_at / steps_per_epoch})
+
+
+def test_plot_run_on_synthetic_runs(tmp_path, capsys):
+  plot_run = _plot_module()
+  _synthetic_run(tmp_path / "mixup")
+  _synthetic_run(tmp_path / "adautomix", resume_at=10)
+  entries = plot_run.load_metrics(str(tmp_path / "adautomix"))
+  assert [e["step"] for e in entries] == list(range(1, 21))
+  # The re-logged step 10 wins; the merged eval of step 10 is dropped with it.
+  assert entries[9]["train/loss"] == 99.0
+  assert "eval/ema_one/top1" not in entries[9]
+  assert entries[4]["eval/ema_one/top1"] == 53.0
+  assert entries[4]["train/loss"] == 2.0 / 5
+
+  out = tmp_path / "plots" / "curves.png"
+  assert plot_run.main([str(tmp_path / "mixup"), str(tmp_path / "adautomix"),
+                        "--out", str(out)]) == 0
+  assert "wrote" in capsys.readouterr().out
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(out) > 10_000
+
+
+def test_plot_run_missing_metrics_is_a_clear_error(tmp_path, capsys):
+  plot_run = _plot_module()
+  _synthetic_run(tmp_path / "good")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit) as exc:
+    plot_run.main([str(tmp_path / "good"), str(tmp_path / "empty"),
+                   "--out", str(tmp_path / "x.png")])
+  assert exc.value.code == 2
+  assert "empty" in capsys.readouterr().err
+  assert not (tmp_path / "x.png").exists()
+  with pytest.raises(FileNotFoundError, match="run_dir"):
+    plot_run.load_metrics(str(tmp_path / "nope"))
+
+
+def test_plot_run_malformed_lines(tmp_path):
+  plot_run = _plot_module()
+  _synthetic_run(tmp_path / "r", n_epochs=1)
+  path = tmp_path / "r" / "metrics.jsonl"
+  with open(path, "a") as f:
+    f.write('{"step": 9, "train/lo')          # truncated last line
+  with pytest.warns(UserWarning, match="truncated"):
+    assert len(plot_run.load_metrics(str(tmp_path / "r"))) == 5
+  with open(path, "a") as f:
+    f.write('\n{"step": 10}\n')               # now a malformed middle line
+  with pytest.raises(ValueError, match=r"metrics.jsonl:7"):
+    plot_run.load_metrics(str(tmp_path / "r"))
