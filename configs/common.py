@@ -117,7 +117,7 @@ def base_config() -> mlc.ConfigDict:
   c.stop_after_steps = 0          # > 0: stop (after a checkpoint) at this step
   c.eval_batch_size = 500
   c.final_evals = mlc.ConfigDict({"ece": True, "fgsm": True,
-                                  "fgsm_eps": 8.0 / 255, "ece_bins": 15})
+                                  "fgsm_eps": 8.0 / 255, "ece_bins": 10})
   c.progress_bar = True
 
   c.model = mlc.ConfigDict({"name": "cifar_resnet18", "width": 1.0,

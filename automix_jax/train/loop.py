@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from automix_jax import sharding
-from automix_jax.train import losses
 from automix_jax.train import methods
 
 SUMMARY_FILE = "summary.json"
@@ -91,56 +90,59 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _eval_counts(predict, head, variables, batch):
+def _eval_sums(predict, head, num_bins, variables, batch):
+  """Top-1/5 and calibration-bin sums of one padded eval batch."""
+  from automix_jax import evaluators
   logits = predict(variables, head, batch["image"])
-  mask = batch["mask"].astype(jnp.float32)
-  top1 = losses.topk_correct(logits, batch["label"], 1).astype(jnp.float32)
-  top5 = losses.topk_correct(logits, batch["label"], 5).astype(jnp.float32)
-  return {"top1": jnp.sum(top1 * mask), "top5": jnp.sum(top5 * mask),
-          "count": jnp.sum(mask)}
+  out = evaluators.topk_correct(logits, batch["label"], batch["mask"], (1, 5))
+  out.update(evaluators.calibration_bins(jax.nn.softmax(logits),
+                                         batch["label"], batch["mask"],
+                                         num_bins=num_bins))
+  return out
 
 
-class _TopKEvaluator:
-  """Top-1/top-5 (%) of every eval variant on the test split."""
+class _Evaluator:
+  """Top-1/top-5 (%) and ECE of every eval variant on the test split."""
 
-  def __init__(self, method, test_source, *, batch_size, mesh, data_config):
+  def __init__(self, method, test_source, *, batch_size, mesh, data_config,
+               num_bins):
     from automix_jax import data as data_lib
     self._data = data_lib
     self._source = test_source
     self._batch_size = batch_size
     self._sharding = sharding.batch_sharding(mesh)
-    self._data_config = data_config
+    self._normalize = data_lib.augment_from_config(data_config, train=False)
     self._method = method
+    self._num_bins = num_bins
     self._fns = {}
     self._repl = sharding.replicated(mesh)
 
   def _fn(self, head):
-    if head not in self._fns:
+    if head not in self._fns:  # one compile per head, shared by variants
       self._fns[head] = jax.jit(
-          functools.partial(_eval_counts, self._method.predict, head),
-          out_shardings=self._repl)
+          functools.partial(_eval_sums, self._method.predict, head,
+                            self._num_bins), out_shardings=self._repl)
     return self._fns[head]
 
   def batches(self):
     return self._data.eval_batches(
         self._source, batch_size=self._batch_size, sharding=self._sharding,
-        normalize=self._data.augment_from_config(self._data_config,
-                                                 train=False))
+        normalize=self._normalize)
 
   def run(self, state) -> dict:
+    """``{variant: {"top1": %, "top5": %, "ece": fraction}}``."""
+    from automix_jax import evaluators
     variants = self._method.eval_variants(state)
     totals = {name: None for name in variants}
     for batch in self.batches():
       for name, (variables, head) in variants.items():
-        out = self._fn(head)(variables, batch)
-        totals[name] = out if totals[name] is None else jax.tree.map(
-            jnp.add, totals[name], out)
+        totals[name] = evaluators.accumulate(totals[name],
+                                             self._fn(head)(variables, batch))
     result = {}
     for name, t in totals.items():
       t = jax.device_get(t)
-      n = max(float(t["count"]), 1.0)
-      result[name] = {"top1": 100.0 * float(t["top1"]) / n,
-                      "top5": 100.0 * float(t["top5"]) / n}
+      result[name] = evaluators.accuracies(t)
+      result[name]["ece"] = float(evaluators.ece_from_bins(t))
     return result
 
 
@@ -202,7 +204,7 @@ def summarize(history: list[dict], *, reported_variant: str,
   """Final and median-of-last-N top-1/top-5 for every variant in ``history``.
 
   ``history``: one entry per evaluation ``{"epoch", "step", "variants":
-  {name: {"top1", "top5"}}}``, in order.
+  {name: {"top1", "top5", "ece"}}}``, in order.
   """
   if not history:
     return {"reported_variant": reported_variant, "reported_top1": None,
@@ -218,6 +220,7 @@ def summarize(history: list[dict], *, reported_variant: str,
         "median_top1": float(np.median(vals1)),
         "median_top5": float(np.median(vals5)),
         "best_top1": max(h["variants"][name]["top1"] for h in history),
+        "final_ece": history[-1]["variants"][name].get("ece"),
     }
   return {
       "reported_variant": reported_variant,
@@ -313,8 +316,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     state = init_fn(init_key, sample)
 
   # ---- evals / writers ----
-  evaluator = _TopKEvaluator(method, test_source, batch_size=eval_bs,
-                             mesh=mesh, data_config=config.data)
+  evaluator = _Evaluator(method, test_source, batch_size=eval_bs, mesh=mesh,
+                         data_config=config.data,
+                         num_bins=config.final_evals.ece_bins)
   writer = _make_writer(workdir) if is_chief else None
 
   def write(step, scalars):
@@ -401,7 +405,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   if step < total_steps:
     summary["stopped_at_step"] = step
   elif config.final_evals.ece or config.final_evals.fgsm:
-    summary.update(_final_evals(config, method, state, evaluator))
+    summary.update(_final_evals(config, method, state, evaluator,
+                                 history))
     write(step, {f"final/{k}": v for k, v in summary.items()
                  if k in ("ece", "fgsm_top1")})
   summary.update({
@@ -422,23 +427,26 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   return summary
 
 
-def _final_evals(config, method, state, evaluator) -> dict:
-  """ECE and FGSM accuracy of the reported variant (automix_jax.evaluators)."""
-  try:
-    from automix_jax import evaluators
-  except ImportError as e:
-    logging.warning("final evals skipped: %s", e)
-    return {"final_evals_skipped": f"automix_jax.evaluators unavailable ({e})"}
-  variables, head = method.eval_variants(state)[method.reported_variant]
-  predict = functools.partial(method.predict, head=head)
-  out = {}
+def _final_evals(config, method, state, evaluator, history) -> dict:
+  """ECE (last eval) and FGSM top-1 of the reported variant at the end."""
+  from automix_jax import evaluators
+  name = method.reported_variant
   fe = config.final_evals
-  if fe.ece:
-    out["ece"] = evaluators.ece(predict, variables, evaluator.batches(),
-                                num_bins=fe.ece_bins)
+  out = {}
+  if fe.ece and history:
+    out["ece"] = history[-1]["variants"][name]["ece"]
+    out["ece_bins"] = fe.ece_bins
   if fe.fgsm:
-    out["fgsm_top1"] = evaluators.fgsm_accuracy(
-        predict, variables, evaluator.batches(), eps=fe.fgsm_eps,
-        std=tuple(config.data.std))
-    out["fgsm_eps"] = fe.fgsm_eps
+    variables, head = method.eval_variants(state)[name]
+    fgsm = jax.jit(evaluators.make_fgsm_eval(
+        lambda v, x: method.predict(v, head, x), mean=tuple(config.data.mean),
+        std=tuple(config.data.std), eps=float(fe.fgsm_eps)))
+    totals = None
+    for batch in evaluator.batches():
+      totals = evaluators.accumulate(
+          totals, fgsm(variables, batch["image"], batch["label"],
+                       batch["mask"]))
+    acc = evaluators.accuracies(totals)
+    out["fgsm_top1"] = acc["top1"]
+    out["fgsm_eps"] = float(fe.fgsm_eps)
   return out
