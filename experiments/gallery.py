@@ -70,7 +70,7 @@ def build_gallery(images: np.ndarray, seed: int = 0) -> Image.Image:
     lam = np.asarray(aux["lam"])
     own = lam[:, 0] if lam.ndim == 2 else lam
     rows.append((name, [_to_tile(im) for im in np.asarray(mixed)],
-                 [f"λ={v:.2f}" for v in own]))
+                 [f"lam={v:.2f}" for v in own]))
     if "mask" in aux:
       rows.append((f"{name} mask", [_to_tile(m) for m in np.asarray(aux["mask"])],
                    [""] * b))
