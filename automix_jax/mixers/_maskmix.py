@@ -1,5 +1,113 @@
-"""Placeholder: being written."""
+"""MaskMix, the image mixer of MixPro (Zhao et al., ICLR 2023, arXiv 2304.12043).
+
+A coarse grid of equal cells; each sample keeps a random subset of its own
+cells and takes the others from its partner.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from automix_jax.mixers import _common as C
 
 
-def maskmix(key, images, labels, **kwargs):
-  raise NotImplementedError("maskmix is not implemented yet.")
+def _positive_int(value: Any, arg: str) -> int:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
+      value < 1):
+    raise ValueError(f"`{arg}` must be a positive int; got {value!r}.")
+  return int(value)
+
+
+def _grid(height: int, width: int, mask_patch: Any, grid: Any
+          ) -> tuple[int, int]:
+  """``(gh, gw)`` from an explicit ``grid`` or ``ceil(side / mask_patch)``."""
+  if grid is not None:
+    if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
+      grid = (grid, grid)
+    try:
+      gh, gw = grid
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"`grid` must be an int n or a pair (gh, gw); got {grid!r}.") from None
+    gh, gw = _positive_int(gh, "grid"), _positive_int(gw, "grid")
+    source = f"`grid` = {(gh, gw)}"
+  else:
+    patch = _positive_int(mask_patch, "mask_patch")
+    gh, gw = math.ceil(height / patch), math.ceil(width / patch)
+    source = f"`mask_patch` = {patch} (grid ceil(side / mask_patch) = {(gh, gw)})"
+  if height % gh or width % gw:
+    raise ValueError(
+        f"{source} must split the image (H, W) = {(height, width)} into equal "
+        "cells (H % gh == 0 and W % gw == 0), so that λ = kept cells / cells "
+        "is the exact pixel fraction; pass a `grid` that divides the image.")
+  return gh, gw
+
+
+def maskmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
+            alpha: float = 1.0, mask_patch: int = 64, grid: Any = None,
+            lam_scope: str = "batch", partner: str = "permutation",
+            lam: Any = None, index: Any = None
+            ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """MaskMix: keep ``ceil(n·λ)`` random cells of an ``n = gh·gw`` cell grid.
+
+  As in MixPro, the grid has ``ceil(H / mask_patch)`` rows (4×4 for 224 px with
+  the default 64-px patch) and λ is corrected to ``kept / n``. Deviation: cells
+  are equal blocks ``H/gh × W/gw`` that tile the image (MixPro cuts 64-px cells
+  and crops the overhanging last row and column, so its corrected λ is not the
+  pixel fraction); a grid that does not divide the image is an error. On 32-px
+  CIFAR the default gives a single cell (no mixing); use ``mask_patch=8`` or
+  ``grid=4`` there.
+
+  Cells are chosen by ranking uniform noise, so the kept count may be traced.
+
+  Args:
+    key: PRNG key.
+    images: ``[B, H, W, C]`` floating.
+    labels: ``[B, K]`` dense targets.
+    alpha: Beta(alpha, alpha) concentration (MixPro: 1).
+    mask_patch: cell size in pixels, giving ``ceil(H / mask_patch)`` ×
+      ``ceil(W / mask_patch)`` cells; ignored when ``grid`` is given.
+    grid: optional ``n`` or ``(gh, gw)`` cells; overrides ``mask_patch``.
+    lam_scope: ``"batch"`` (one λ and one cell layout for the batch) or
+      ``"sample"`` (one each).
+    partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
+    lam: optional explicit λ, scalar or ``[B]`` (per-sample counts are honoured
+      with either scope).
+    index: optional explicit partner indices ``[B]``.
+
+  Returns:
+    ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
+    'index': [B] int32, 'mask': [B, H, W, 1] float32}``.
+  """
+  batch_size = C.check_batch(images, labels, ranks=(4,))
+  alpha = C.check_alpha(alpha)
+  height, width = images.shape[1:3]
+  gh, gw = _grid(height, width, mask_patch, grid)
+  C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
+  k_lam, k_index, k_cells = jax.random.split(key, 3)
+  lam = C.resolve_lam(k_lam, alpha, batch_size, lam_scope, lam)
+  index = C.resolve_index(k_index, batch_size, partner, index)
+
+  n = gh * gw
+  # ceil of a float32 product: 0.1 * 10 = 1.0000000149 must count 1, not 2.
+  guard = min(2.0 * n * float(np.finfo(np.float32).eps), 0.25)
+  count = jnp.clip(jnp.ceil(lam * n - guard), 0, n)
+  # A uniformly random subset of `count` cells: give the cells random ranks
+  # (the argsort of iid uniforms is a uniform permutation) and keep the cells
+  # ranked below the count.
+  num = 1 if lam_scope == "batch" else batch_size
+  rank = jnp.argsort(jax.random.uniform(k_cells, (num, n)), axis=-1)
+  cells = (rank < count[:, None]).astype(jnp.float32).reshape(-1, gh, gw)
+  mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
+                    axis=2)[..., None]
+
+  lam = C.mask_to_lam(mask)
+  mixed = C.apply_mask(images, mask, index)
+  aux = {"lam": lam, "index": index, "mask": mask}
+  return mixed, C.mix_labels(labels, lam, index), aux
