@@ -101,7 +101,9 @@ def build(name: str, *, num_classes: int, width: float = 1.0,
         f"{allowed}.")
   if "param_dtype" in kwargs:
     _check_dtype(kwargs["param_dtype"], "param_dtype")
-  fields = {**preset, **kwargs}
+  # Lists -> tuples: modules must stay hashable (e.g. as static jit args).
+  fields = {**preset, **{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in kwargs.items()}}
   model = cls(num_classes=int(num_classes), width=float(width), heads=heads,
               dtype=dtype, **fields)
   model.check_config()  # Bad field values fail here, not at first apply.

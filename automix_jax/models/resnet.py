@@ -22,7 +22,7 @@ block b from 0) with ``conv1..3``, ``bn1..3``, ``downsample_conv``,
 ``downsample_bn``, and ``heads/{name}``.
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
