@@ -1,0 +1,403 @@
+"""Pieces shared by the two learned-mixing methods, AutoMix and AdAutoMix.
+
+* AutoMix: Liu et al., "AutoMix: Unveiling the Power of Mixup for Stronger
+  Classifiers", ECCV 2022, arXiv 2103.13027.
+* AdAutoMix: Qin et al., "Adversarial AutoMixup", ICLR 2024, arXiv 2312.11954.
+
+Both train three things in one step (reference doc §1.2, §1.4, §2):
+
+* the online classifier (``params["classifier"]``, ``batch_stats``) with two heads,
+  ``one`` (clean CE) and ``mix`` (mixed CE);
+* an EMA teacher (``ema_params``, ``ema_batch_stats``), updated *only* by EMA of
+  the online params after every optimizer step (CosineScheduleHook momentum); its
+  BatchNorm statistics come from its own train-mode forward passes;
+* a mask generator (``params["generator"]``) fed with the teacher's stage features.
+
+One optimizer (``optax.multi_transform``) updates ``{classifier, generator}`` from
+one gradient of ``L_classifier + L_generator``; the two groups receive disjoint
+gradients (the classifier's mixed sample uses a stop-gradient mask, the generator
+loss only reaches the generator through the frozen teacher), so this is exactly
+two optimizers sharing a step, as in the reference.
+
+State: ``automix_jax.train.state.TrainState`` with
+``params = {"classifier": ..., "generator": ...}``, ``batch_stats`` the online
+classifier's BN statistics, ``ema_params``/``ema_batch_stats`` the teacher's.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from automix_jax.train import ema as ema_lib
+from automix_jax.train import losses
+from automix_jax.train import optim
+from automix_jax.train import state as state_lib
+
+# Flax momentum of every BatchNorm in the model zoo (torch momentum 0.1,
+# docs/interfaces.md). The closed-form teacher running-stat update below relies
+# on it; tests compare against explicit forward passes, so a change shows.
+BN_MOMENTUM = 0.9
+
+TEACHER_BN = ("batch_stats", "running")
+
+
+def cfg_dict(x: Any) -> dict:
+  if x is None:
+    return {}
+  return dict(x.to_dict() if hasattr(x, "to_dict") else x)
+
+
+def get(cfg: Any, name: str, default: Any = None) -> Any:
+  if cfg is None:
+    return default
+  if isinstance(cfg, Mapping):
+    return cfg.get(name, default)
+  if hasattr(cfg, "get"):
+    return cfg.get(name, default)
+  return getattr(cfg, name, default)
+
+
+# ----------------------------------------------------------------------------
+# Config validation (static Python values; raises before any compute).
+# ----------------------------------------------------------------------------
+
+
+def check_positive(value: Any, arg: str) -> float:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not math.isfinite(value) or value <= 0):
+    raise ValueError(f"`{arg}` must be a finite number > 0; got {value!r}.")
+  return float(value)
+
+
+def check_unit(value: Any, arg: str, *, high: float = 1.0,
+               high_open: bool = False) -> float:
+  ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+        and 0.0 <= value and (value < high if high_open else value <= high))
+  if not ok:
+    bound = f"[0, {high})" if high_open else f"[0, {high}]"
+    raise ValueError(f"`{arg}` must be a number in {bound}; got {value!r}.")
+  return float(value)
+
+
+def check_int(value: Any, arg: str, *, minimum: int) -> int:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value < minimum):
+    raise ValueError(f"`{arg}` must be an integer >= {minimum}; got {value!r}.")
+  return int(value)
+
+
+def check_choice(value: Any, choices, arg: str) -> Any:
+  if value not in choices:
+    raise ValueError(f"`{arg}` must be one of {tuple(choices)}; got {value!r}.")
+  return value
+
+
+def check_batch(batch: Any, *, min_size: int, what: str) -> tuple[jax.Array,
+                                                                 jax.Array]:
+  """``batch = {"image": [B, H, W, C] float, "label": [B] int}``; B >= min_size."""
+  if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
+    raise ValueError("`batch` must be a dict with 'image' [B, H, W, C] float and "
+                     "'label' [B] int entries.")
+  images, labels = batch["image"], batch["label"]
+  shape = getattr(images, "shape", None)
+  if shape is None or len(shape) != 4 or not jnp.issubdtype(images.dtype,
+                                                             jnp.floating):
+    raise ValueError(f"`batch['image']` must be float [B, H, W, C]; got "
+                     f"{getattr(images, 'dtype', None)} "
+                     f"{tuple(shape) if shape is not None else type(images)}.")
+  lshape = getattr(labels, "shape", None)
+  if (lshape is None or tuple(lshape) != (shape[0],)
+      or not jnp.issubdtype(labels.dtype, jnp.integer)):
+    raise ValueError(f"`batch['label']` must be int [B] = ({shape[0]},); got "
+                     f"{getattr(labels, 'dtype', None)} {lshape}.")
+  if shape[0] < min_size:
+    raise ValueError(f"{what} needs a batch of at least {min_size} samples; got "
+                     f"batch size {shape[0]}.")
+  return images, labels
+
+
+# ----------------------------------------------------------------------------
+# Losses.
+# ----------------------------------------------------------------------------
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8
+                      ) -> jax.Array:
+  """``torch.nn.CosineSimilarity(dim=-1, eps)``: ``a·b / sqrt(max(|a|²|b|², eps²))``.
+
+  ``[..., K]`` x ``[..., K]`` -> ``[...]`` float32.
+  """
+  a = a.astype(jnp.float32)
+  b = b.astype(jnp.float32)
+  dot = jnp.sum(a * b, axis=-1)
+  n2 = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+  return dot / jnp.sqrt(jnp.maximum(n2, eps * eps))
+
+
+soft_ce = losses.soft_cross_entropy
+
+
+# ----------------------------------------------------------------------------
+# BatchNorm running statistics.
+# ----------------------------------------------------------------------------
+
+
+def repeat_stat_update(start: Any, before: Any, after_one: Any, k: int,
+                       momentum: float = BN_MOMENTUM) -> Any:
+  """Running stats after ``k`` more train-mode passes on batches whose statistics
+  equal those of an observed pass.
+
+  One pass maps ``r -> μ r + (1 - μ) a`` (``a``: the batch mean or biased
+  variance), so ``k`` passes with the same ``a`` starting from ``s`` give
+  ``μ^k s + (1 - μ^k) a``, and the observed pass ``before -> after_one`` yields
+  ``(1 - μ) a = after_one - μ before``. BN batch statistics are invariant to
+  permuting the batch, so the reference's k teacher passes on permutations of the
+  clean batch update the running statistics exactly like this (up to rounding).
+
+  Args:
+    start: stats pytree before the k passes.
+    before, after_one: stats before/after the observed pass (same structure).
+    k: number of passes (>= 0).
+    momentum: Flax BN momentum μ.
+
+  Returns:
+    ``μ^k start + (1 - μ^k) / (1 - μ) (after_one - μ before)``.
+  """
+  mk = momentum ** k
+  coef = (1.0 - mk) / (1.0 - momentum)
+
+  def upd(s, r, r1):
+    a_scaled = r1 - jnp.asarray(momentum, r.dtype) * r   # (1 - μ) a
+    return (jnp.asarray(mk, s.dtype) * s
+            + jnp.asarray(coef, s.dtype) * a_scaled).astype(s.dtype)
+
+  return jax.tree.map(upd, start, before, after_one)
+
+
+# ----------------------------------------------------------------------------
+# The shared method skeleton.
+# ----------------------------------------------------------------------------
+
+
+class LearnedMixingBase:
+  """Model, optimizer, EMA teacher and evaluation shared by AutoMix / AdAutoMix.
+
+  Subclasses set ``block_name`` (``"automix"`` / ``"adautomix"``), implement
+  ``_read_block`` (validates the method block), ``_build_generator`` and
+  ``_step``.
+  """
+
+  block_name = ""
+  reported_variant = "ema_one"
+  default_mask_layer = 2
+
+  def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
+               mesh: jax.sharding.Mesh | None = None, model: Any = None):
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+        or num_classes < 2):
+      raise ValueError(f"`num_classes` must be an int >= 2; got {num_classes!r}.")
+    self.config = config
+    self.num_classes = num_classes
+    self.steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch",
+                                     minimum=1)
+    self.num_epochs = check_int(int(config.num_epochs), "num_epochs", minimum=1)
+    self.total_steps = self.steps_per_epoch * self.num_epochs
+    self.mesh = mesh
+    self.batch_size = check_int(int(config.batch_size), "batch_size", minimum=2)
+    block = config.get(self.block_name, None)
+    if block is None:
+      raise ValueError(f"config.method={self.block_name!r} needs a "
+                       f"`config.{self.block_name}` block (see configs/"
+                       f"{self.block_name}/).")
+    self.block = block
+    self.mask_layer = check_int(get(block, "mask_layer", self.default_mask_layer),
+                                f"{self.block_name}.mask_layer", minimum=0)
+    self.teacher_bn = check_choice(get(block, "teacher_bn", "batch_stats"),
+                                   TEACHER_BN, f"{self.block_name}.teacher_bn")
+    self.label_smoothing = check_unit(float(config.get("label_smoothing", 0.0)),
+                                      "label_smoothing", high_open=True)
+    self._read_block(block)
+
+    if model is None:
+      from automix_jax.train import static  # Lazy; shares model building.
+      model = static.build_model(config, num_classes, heads=("one", "mix"))
+    self.model = model
+    self.generator = self._build_generator(cfg_dict(get(block, "generator", {})))
+
+    # Optimizer: one multi_transform over {classifier, generator}.
+    self.tx_classifier, self.lr_fn = optim.make_optimizer(
+        config.optimizer, steps_per_epoch=self.steps_per_epoch,
+        num_epochs=self.num_epochs)
+    gen_cfg = cfg_dict(config.get("generator_optimizer", None))
+    shared = bool(gen_cfg.pop("shared", True))
+    if shared:
+      self.tx_generator, self.lr_gen_fn = optim.make_optimizer(
+          config.optimizer, steps_per_epoch=self.steps_per_epoch,
+          num_epochs=self.num_epochs)
+    else:
+      merged = {**cfg_dict(config.optimizer), **gen_cfg}
+      self.tx_generator, self.lr_gen_fn = optim.make_optimizer(
+          merged, steps_per_epoch=self.steps_per_epoch,
+          num_epochs=self.num_epochs)
+    self.tx = optax.multi_transform(
+        {"classifier": self.tx_classifier, "generator": self.tx_generator},
+        lambda params: {g: jax.tree.map(lambda _: g, params[g])
+                        for g in ("classifier", "generator")})
+
+    # EMA teacher: always on for the learned methods.
+    ema_cfg = config.get("ema", None)
+    if ema_cfg is None:
+      ema_cfg = {"schedule": "cosine", "momentum": 0.999,
+                 "end_momentum": 0.999999, "warmup_frac": 0.1}
+    self.momentum_fn = ema_lib.from_config(ema_cfg, total_steps=self.total_steps)
+
+  # -- subclass hooks ---------------------------------------------------------
+
+  def _read_block(self, block: Any) -> None:
+    raise NotImplementedError
+
+  def _build_generator(self, gen_cfg: dict):
+    raise NotImplementedError
+
+  def _generator_init_args(self, features: jax.Array, image_hw) -> tuple:
+    raise NotImplementedError
+
+  # -- init -------------------------------------------------------------------
+
+  def feature_shapes(self, sample_images: jax.Array) -> tuple:
+    """Stage output shapes of the backbone on ``sample_images`` (no compute)."""
+    out = jax.eval_shape(
+        lambda x: self.model.init_with_output(jax.random.key(0), x,
+                                              train=False)[0], sample_images)
+    return tuple(tuple(s.shape) for s in out["stages"])
+
+  def check_features(self, sample_images: jax.Array) -> tuple[int, ...]:
+    """Validates ``mask_layer`` and the generator's scale; returns the feature shape."""
+    shapes = self.feature_shapes(sample_images)
+    if self.mask_layer >= len(shapes):
+      raise ValueError(
+          f"`{self.block_name}.mask_layer`={self.mask_layer} does not exist in "
+          f"the backbone {self.config.model.name!r}: it has {len(shapes)} stages "
+          f"(0-based indices 0..{len(shapes) - 1}, shapes {shapes}).")
+    return shapes[self.mask_layer]
+
+  def init(self, key: jax.Array, sample_images: jax.Array
+           ) -> state_lib.TrainState:
+    """Initialises classifier, teacher (a copy) and generator.
+
+    ``sample_images``: ``[b, H, W, C]`` float (b >= 1) at the training resolution.
+    """
+    shape = getattr(sample_images, "shape", None)
+    if shape is None or len(shape) != 4:
+      raise ValueError(f"`sample_images` must be [b, H, W, C]; got "
+                       f"{tuple(shape) if shape is not None else type(sample_images)}.")
+    feat_shape = self.check_features(sample_images)
+    image_hw = tuple(int(s) for s in shape[1:3])
+    k_model, k_gen, k_drop = jax.random.split(key, 3)
+    # jit: op-by-op initialisation of a ResNet is much slower than compiling.
+    variables = jax.jit(functools.partial(self.model.init, train=False))(
+        {"params": k_model, "dropout": k_drop}, sample_images)
+    n = max(2, getattr(self, "max_mix", 2))
+    features = jnp.zeros((n,) + tuple(feat_shape[1:]), jnp.float32)
+    gen_vars = jax.jit(self.generator.init)(
+        k_gen, *self._generator_init_args(features, image_hw))
+    params = {"classifier": variables["params"],
+              "generator": gen_vars["params"]}
+    batch_stats = variables.get("batch_stats", {})
+    st = state_lib.create(params=params, batch_stats=batch_stats, tx=self.tx,
+                          ema=False)
+    copy = lambda t: jax.tree.map(jnp.array, t)
+    return st.replace(ema_params=copy(params["classifier"]),
+                      ema_batch_stats=copy(batch_stats))
+
+  # -- forward passes ---------------------------------------------------------
+
+  def online_apply(self, params, batch_stats, images, key):
+    """Train-mode online forward: ``(out, new_batch_stats)``."""
+    out, upd = self.model.apply({"params": params, "batch_stats": batch_stats},
+                                images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": key})
+    return out, upd.get("batch_stats", batch_stats)
+
+  def teacher_apply(self, params, batch_stats, images, key):
+    """EMA-teacher forward: ``(out, new_batch_stats)``.
+
+    ``teacher_bn="batch_stats"`` (reference): train mode, BN uses the batch
+    statistics and updates the teacher's running stats (and ViT drop-path is
+    active, as in the reference's train-mode teacher). ``"running"``: eval mode.
+    """
+    if self.teacher_bn == "batch_stats":
+      return self.online_apply(params, batch_stats, images, key)
+    out = self.model.apply({"params": params, "batch_stats": batch_stats},
+                           images, train=False)
+    return out, batch_stats
+
+  # -- update -----------------------------------------------------------------
+
+  def apply_update(self, state, grads, batch_stats, teacher_stats):
+    """Optimizer step on ``{classifier, generator}``, then the EMA teacher.
+
+    Returns ``(new_state, metrics)``.
+    """
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # m(t) of the iteration just taken (t = state.step before the increment).
+    m, one_minus_m = self.momentum_fn(state.step)
+    ema_params = ema_lib.ema_update(state.ema_params, params["classifier"], m,
+                                    one_minus_m)
+    if self.teacher_bn == "running":
+      # Eval-mode teacher: it runs no train-mode pass of its own, so it uses a
+      # copy of the online running statistics (StaticMixing's EMA convention).
+      teacher_stats = batch_stats
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema_params,
+                              ema_batch_stats=teacher_stats)
+    metrics = {
+        "ema_momentum": m,
+        "lr": self.lr_fn(state.step),
+        "lr_generator": self.lr_gen_fn(state.step),
+        "grad_norm_classifier": optax.tree.norm(grads["classifier"]),
+        "grad_norm_generator": optax.tree.norm(grads["generator"]),
+        "param_norm": optax.tree.norm(params["classifier"]),
+    }
+    return new_state, metrics
+
+  # -- evaluation -------------------------------------------------------------
+
+  def eval_variants(self, state: state_lib.TrainState) -> dict:
+    """Online and EMA-teacher classifiers, heads ``one`` and ``mix`` (§1.5)."""
+    online = {"params": state.params["classifier"],
+              "batch_stats": state.batch_stats}
+    teacher = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+    return {"online_one": (online, "one"), "online_mix": (online, "mix"),
+            "ema_one": (teacher, "one"), "ema_mix": (teacher, "mix")}
+
+  def predict(self, variables: Any, head: str, images: jax.Array) -> jax.Array:
+    """Eval-mode logits ``[B, K]`` float32 of ``head`` on ``images``."""
+    out = self.model.apply(variables, images, train=False)
+    return out["logits"][head].astype(jnp.float32)
+
+
+def all_finite(*trees: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def random_perms(key: jax.Array, n: int, batch_size: int) -> jax.Array:
+  """``[n, B]`` int32: n independent uniform permutations."""
+  keys = jax.random.split(key, n)
+  return jnp.stack([jax.random.permutation(k, batch_size) for k in keys]
+                   ).astype(jnp.int32)
+
+
+def np_float(x: Any) -> float:
+  return float(np.asarray(x))

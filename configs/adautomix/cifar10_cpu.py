@@ -1,0 +1,38 @@
+r"""AdAutoMix on the offline CIFAR-10 archive, sized for a few CPU minutes.
+
+The CIFAR recipe of ``configs/adautomix/cifar100.py`` (N = 3, α = 1, β = 0.3,
+a = 0.5, lam_margin 0.03, bilinear x4 generator on stage-3 features, EMA
+0.999 -> 0.999999, SGD 0.1 -> 0.05 per-epoch cosine) on a class-balanced subset
+of CIFAR-10 with a 1/8-width ResNet-18 and 3 epochs.
+
+Args (``:k=v,...``): epochs (3), images_per_class (100; 0 = all), width
+(0.125), batch_size (50), mix_samples (3), cosine_sign (+1), teacher_bn.
+
+Run:
+  python -m experiments.train --config configs/adautomix/cifar10_cpu.py \
+    --workdir runs/cpu_adautomix
+"""
+
+from configs import common
+from configs.adautomix import cifar100
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, epochs=3, images_per_class=100, width=0.125,
+                         batch_size=50, mix_samples=3, cosine_sign=1.0,
+                         teacher_bn="batch_stats")
+  c = cifar100.base(model="cifar_resnet18", epochs=arg.epochs)
+  c.batch_size = arg.batch_size
+  c.eval_batch_size = 500
+  c.log_every_steps = 5
+  c.report_last_epochs = 2
+  c.model.width = arg.width
+  c.data.name = "cifar10_archive"
+  c.data.archive_path = "../shared/data/cifar10-jpeg.tar.gz"
+  c.data.images_per_class = arg.images_per_class
+  c.adautomix.mix_samples = arg.mix_samples
+  c.adautomix.cosine_sign = arg.cosine_sign
+  c.adautomix.teacher_bn = arg.teacher_bn
+  c.checkpoint.every_steps = 20
+  c.checkpoint.keep = 2
+  return c

@@ -1,0 +1,39 @@
+r"""AutoMix on the offline CIFAR-10 archive, sized for a few CPU minutes.
+
+Same recipe as ``configs/automix/cifar100.py`` (α = 2, lam_margin 0.08, L1 mask
+loss 0.1 with margin 0.1, nearest x4 Mix Block on stage-3 features, EMA teacher
+0.999 -> 0.999999, SGD 0.1 -> 0.05 per-epoch cosine) but on a class-balanced
+subset of CIFAR-10 with a 1/8-width ResNet-18 and 3 epochs.
+
+Args (``:k=v,...``):
+  epochs: default 3.
+  images_per_class: default 100 (0 = all 5000).
+  width: ResNet width multiplier (default 0.125).
+  batch_size: default 50.
+
+Run:
+  python -m experiments.train --config configs/automix/cifar10_cpu.py \
+    --workdir runs/cpu_automix
+"""
+
+from configs import common
+from configs.automix import cifar100
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, epochs=3, images_per_class=100, width=0.125,
+                         batch_size=50)
+  c = cifar100.get_config("epochs=%d" % arg.epochs)
+  c.batch_size = arg.batch_size
+  c.eval_batch_size = 500
+  c.log_every_steps = 5
+  c.report_last_epochs = 2
+  c.model.width = arg.width
+  c.data.name = "cifar10_archive"
+  c.data.archive_path = "../shared/data/cifar10-jpeg.tar.gz"
+  c.data.images_per_class = arg.images_per_class
+  c.data.mean = common.CIFAR10_MEAN
+  c.data.std = common.CIFAR10_STD
+  c.checkpoint.every_steps = 20
+  c.checkpoint.keep = 2
+  return c
