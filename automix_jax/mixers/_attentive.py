@@ -23,10 +23,11 @@ def _check_scores(scores: Any, batch_size: int, grid_size: Any
   shape = getattr(scores, "shape", None)
   dtype = getattr(scores, "dtype", None)
   if shape is None or len(shape) != 3 or shape[0] != batch_size:
+    got = (f"shape {tuple(shape)}" if shape is not None
+           else type(scores).__name__)
     raise ValueError(
         f"`scores` must be a per-cell score map of shape [B, gh, gw] with "
-        f"B = {batch_size}; got "
-        f"{'shape ' + str(tuple(shape)) if shape is not None else type(scores).__name__}.")
+        f"B = {batch_size}; got {got}.")
   if not (jnp.issubdtype(dtype, jnp.floating) or
           jnp.issubdtype(dtype, jnp.integer)):
     raise ValueError(f"`scores` must be real-valued; got dtype {dtype}.")

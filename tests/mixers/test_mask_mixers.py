@@ -196,35 +196,30 @@ def test_lam_scope(name):
 
 
 @pytest.mark.parametrize("name", BINARY)
-def test_lam_one_and_zero_and_per_sample(name):
+def test_explicit_lam_and_index(name):
   images, labels = _batch()
   fn = _jit(name)
   key = jax.random.key(6)
-  mixed, mixed_labels, aux = fn(key, images, labels, lam=1.0)
+  index = jnp.asarray([1, 0, 3, 2], jnp.int32)
+  x, y = np.asarray(images), np.asarray(labels)
+  # λ = 1 returns the inputs unchanged, λ = 0 the partners.
+  mixed, mixed_labels, aux = fn(key, images, labels, lam=jnp.ones((B,)),
+                                index=index)
   np.testing.assert_array_equal(mixed, images)
   np.testing.assert_array_equal(mixed_labels, labels)
   np.testing.assert_array_equal(aux["lam"], 1.0)
-  mixed, mixed_labels, aux = fn(key, images, labels, lam=0.0)
-  np.testing.assert_array_equal(mixed, np.asarray(images)[aux["index"]])
-  np.testing.assert_allclose(mixed_labels, np.asarray(labels)[aux["index"]])
+  np.testing.assert_array_equal(aux["index"], index)
+  mixed, mixed_labels, aux = fn(key, images, labels, lam=jnp.zeros((B,)),
+                                index=index)
+  np.testing.assert_array_equal(mixed, x[np.asarray(index)])
+  np.testing.assert_allclose(mixed_labels, y[np.asarray(index)])
   # A per-sample λ is honoured even with lam_scope="batch". 64 pixels and 16
   # cells make every target here reachable exactly.
   lam = jnp.asarray([0.0, 0.25, 0.5, 1.0])
-  mixed, mixed_labels, aux = fn(key, images, labels, lam=lam)
+  mixed, mixed_labels, aux = fn(key, images, labels, lam=lam, index=index)
   np.testing.assert_array_equal(aux["lam"], lam)
   _assert_provenance(images, mixed, aux, True)
   _assert_labels(labels, mixed_labels, aux)
-
-
-def test_explicit_index_is_used():
-  images, labels = _batch()
-  index = jnp.asarray([1, 0, 3, 2], jnp.int32)
-  for name in MIXERS:
-    kw = {"lam": 0.5} if MIXERS[name][2] else {}
-    mixed, _, aux = _jit(name)(jax.random.key(9), images, labels, index=index,
-                               **kw)
-    np.testing.assert_array_equal(aux["index"], index)
-    _assert_provenance(images, mixed, aux, MIXERS[name][2])
 
 
 # ----------------------------------------------------------------------------
@@ -302,7 +297,7 @@ def _boundary(mask):
 def test_fmix_masks_are_low_frequency():
   images, labels = _batch(shape=(16, 16, 16, 1))
   bounds = {}
-  for d in (0.5, 3.0, 5.0):
+  for d in (0.5, 3.0):
     _, _, aux = _jit("fmix", decay_power=d, lam_scope="sample")(
         jax.random.key(0), images, labels, lam=0.5)
     bounds[d] = _boundary(np.asarray(aux["mask"])[..., 0])
@@ -311,7 +306,7 @@ def test_fmix_masks_are_low_frequency():
                    for i in range(16)]).reshape(16, 16, 16).astype(float)
   random_bound = _boundary(perm)
   assert bounds[3.0] < 0.35 * random_bound
-  assert bounds[5.0] < bounds[3.0] < bounds[0.5]
+  assert bounds[3.0] < 0.6 * bounds[0.5]
 
 
 def test_fmix_soft_edges():
