@@ -4,11 +4,21 @@ import glob
 import importlib
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import common
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """Cheaper XLA compiles for these tiny models (as flax's train_test does)."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 CONFIG_FILES = sorted(

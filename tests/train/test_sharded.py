@@ -12,6 +12,15 @@ from automix_jax.train import static
 from configs import cifar10_cpu
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """Cheaper XLA compiles for these tiny models (as flax's train_test does)."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _config(**mixer_kwargs):
   c = cifar10_cpu.get_config("mixer=mixup,ema")
   c.batch_size = 16

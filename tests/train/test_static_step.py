@@ -5,6 +5,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -16,12 +17,22 @@ from automix_jax.train import optim
 from configs import cifar10_cpu
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """Cheaper XLA compiles for these tiny models (as flax's train_test does)."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
 def tiny_config(**overrides):
-  """cifar10_cpu config shrunk to a 1/16-width ResNet-18 on 8x8 images."""
+  """cifar10_cpu config shrunk to a 1/16-width ResNet-10 on 8x8 images."""
   c = cifar10_cpu.get_config()
   c.num_epochs = 2
   c.batch_size = 8
   c.model.width = 1 / 16
+  c.model.kwargs = ml_collections.ConfigDict({"stage_sizes": (1, 1, 1, 1)})
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")
