@@ -23,7 +23,6 @@ evals, loop) on top of a pluggable *method* (``automix_jax.train.methods``):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -33,11 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from automix_jax import metrics as metrics_lib
 from automix_jax import sharding
 from automix_jax.train import methods
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = metrics_lib.SUMMARY_FILE
+METRICS_FILE = metrics_lib.METRICS_FILE
 
 
 class NonFiniteError(FloatingPointError):
@@ -147,54 +147,6 @@ class _Evaluator:
 
 
 # ---------------------------------------------------------------------------
-# Writers (automix_jax.metrics when present).
-# ---------------------------------------------------------------------------
-
-
-class _JsonlWriter:
-  """Fallback JSONL writer: one ``{"step": s, **scalars}`` line per call."""
-
-  def __init__(self, path):
-    self._f = open(path, "a")
-
-  def write(self, step, scalars):
-    self._f.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._f.flush()
-
-  def close(self):
-    self._f.close()
-
-
-class _Progress:
-  """Fallback tqdm bar: images/s and ETA."""
-
-  def __init__(self, total, initial, images_per_step):
-    import tqdm
-    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step",
-                          dynamic_ncols=True, mininterval=1.0)
-    self._ips = images_per_step
-    self._t0, self._s0 = time.time(), initial
-
-  def update(self, step, **postfix):
-    self._bar.update(step - self._bar.n)
-    dt = time.time() - self._t0
-    if dt > 0:
-      postfix["img/s"] = f"{(step - self._s0) * self._ips / dt:.0f}"
-    self._bar.set_postfix(postfix, refresh=False)
-
-  def close(self):
-    self._bar.close()
-
-
-def _make_writer(workdir):
-  return _JsonlWriter(os.path.join(workdir, METRICS_FILE))
-
-
-def _make_progress(total, initial, images_per_step):
-  return _Progress(total, initial, images_per_step)
-
-
-# ---------------------------------------------------------------------------
 # Summary.
 # ---------------------------------------------------------------------------
 
@@ -206,6 +158,7 @@ def summarize(history: list[dict], *, reported_variant: str,
   ``history``: one entry per evaluation ``{"epoch", "step", "variants":
   {name: {"top1", "top5", "ece"}}}``, in order.
   """
+  from automix_jax import evaluators
   if not history:
     return {"reported_variant": reported_variant, "reported_top1": None,
             "variants": {}}
@@ -217,8 +170,8 @@ def summarize(history: list[dict], *, reported_variant: str,
     variants[name] = {
         "final_top1": history[-1]["variants"][name]["top1"],
         "final_top5": history[-1]["variants"][name]["top5"],
-        "median_top1": float(np.median(vals1)),
-        "median_top5": float(np.median(vals5)),
+        "median_top1": float(evaluators.median_of_last(vals1, report_last)),
+        "median_top5": float(evaluators.median_of_last(vals5, report_last)),
         "best_top1": max(h["variants"][name]["top1"] for h in history),
         "final_ece": history[-1]["variants"][name].get("ece"),
     }
@@ -319,11 +272,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   evaluator = _Evaluator(method, test_source, batch_size=eval_bs, mesh=mesh,
                          data_config=config.data,
                          num_bins=config.final_evals.ece_bins)
-  writer = _make_writer(workdir) if is_chief else None
-
-  def write(step, scalars):
-    if writer is not None:
-      writer.write(step, scalars)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
+  write = writer.write
 
   # ---- loop ----
   step = int(jax.device_get(state.step))
@@ -360,8 +310,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     pending.clear()
 
   progress = None
-  if is_chief and config.get("progress_bar", True):
-    progress = _make_progress(total_steps, step, config.batch_size)
+  if config.get("progress_bar", True):
+    progress = metrics_lib.ProgressBar(total_steps, step, config.batch_size,
+                                       enabled=is_chief)
   t_train, eval_time = time.time(), 0.0
   try:
     while step < stop_at:
@@ -419,11 +370,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       "history": history, "config": config.to_dict(),
       "workdir": workdir, "resumed_from_step": first_step or None,
   })
-  if is_chief:
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-      json.dump(summary, f, indent=1, default=str)
-  if writer is not None:
-    writer.close()
+  writer.write_summary(summary)
+  writer.close()
   return summary
 
 
