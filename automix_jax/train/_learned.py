@@ -232,25 +232,26 @@ class LearnedMixingBase:
     self.model = model
     self.generator = self._build_generator(cfg_dict(get(block, "generator", {})))
 
-    # Optimizer: one multi_transform over {classifier, generator}.
-    self.tx_classifier, self.lr_fn = optim.make_optimizer(
-        config.optimizer, steps_per_epoch=self.steps_per_epoch,
-        num_epochs=self.num_epochs)
+    # Optimizer: one multi_transform over {classifier, generator}. Gradient
+    # clipping (ViT configs) is torch's clip_grad_norm_ over *all* trained
+    # parameters, so it is applied once to the joint gradient, before the split.
+    opt_cfg = cfg_dict(config.optimizer)
+    clip = float(opt_cfg.get("grad_clip_norm", 0.0))
+    if clip < 0:
+      raise ValueError(f"`optimizer.grad_clip_norm` must be >= 0; got {clip}.")
+    opt_cfg["grad_clip_norm"] = 0.0
     gen_cfg = cfg_dict(config.get("generator_optimizer", None))
     shared = bool(gen_cfg.pop("shared", True))
-    if shared:
-      self.tx_generator, self.lr_gen_fn = optim.make_optimizer(
-          config.optimizer, steps_per_epoch=self.steps_per_epoch,
-          num_epochs=self.num_epochs)
-    else:
-      merged = {**cfg_dict(config.optimizer), **gen_cfg}
-      self.tx_generator, self.lr_gen_fn = optim.make_optimizer(
-          merged, steps_per_epoch=self.steps_per_epoch,
-          num_epochs=self.num_epochs)
-    self.tx = optax.multi_transform(
+    gen_opt_cfg = dict(opt_cfg) if shared else {**opt_cfg, **gen_cfg,
+                                                "grad_clip_norm": 0.0}
+    kw = dict(steps_per_epoch=self.steps_per_epoch, num_epochs=self.num_epochs)
+    self.tx_classifier, self.lr_fn = optim.make_optimizer(opt_cfg, **kw)
+    self.tx_generator, self.lr_gen_fn = optim.make_optimizer(gen_opt_cfg, **kw)
+    tx = optax.multi_transform(
         {"classifier": self.tx_classifier, "generator": self.tx_generator},
         lambda params: {g: jax.tree.map(lambda _: g, params[g])
                         for g in ("classifier", "generator")})
+    self.tx = optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
     # EMA teacher: always on for the learned methods.
     ema_cfg = config.get("ema", None)

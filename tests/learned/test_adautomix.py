@@ -39,6 +39,7 @@ def make_config(**block):
   c.num_epochs = 2
   c.batch_size = B
   c.model.width = 1 / 32
+  c.ema.momentum, c.ema.end_momentum = 0.999, 0.999999   # the reference's
   for k, v in block.items():
     c.adautomix[k] = v
   c.lock()

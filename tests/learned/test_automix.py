@@ -36,6 +36,7 @@ def make_config(generator=None, **block):
   c.num_epochs = 2
   c.batch_size = B
   c.model.width = 1 / 32
+  c.ema.momentum, c.ema.end_momentum = 0.999, 0.999999   # the reference's
   for k, v in block.items():
     c.automix[k] = v
   for k, v in (generator or {}).items():

@@ -1,0 +1,211 @@
+r"""Grids of learned mixing masks: sources, generator masks, mixed images.
+
+For an AutoMix (ECCV 2022) or AdAutoMix (ICLR 2024) config, loads the newest
+checkpoint of a training run (``--workdir``, via ``automix_jax.checkpoint``) or
+initialises the method (``--init``), runs the EMA teacher on a few test images
+and the generator on its stage features, and writes one PNG per config: each row
+is one mixed sample, with its N source images, the N masks (AdAutoMix, summing
+to 1 per pixel) or the partner mask ``s`` (AutoMix), and the mixed image.
+
+  python scripts/visualize_masks.py --init --out results/masks   # both CPU configs
+  python scripts/visualize_masks.py \
+    --config configs/adautomix/cifar10_cpu.py --workdir runs/cpu_adautomix \
+    --out results/masks
+
+The functions (``load_method``, ``compute``, ``plot``) are used by
+notebooks/visualize_masks.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from automix_jax import generators  # noqa: E402
+
+DEFAULT_CONFIGS = ("configs/automix/cifar10_cpu.py",
+                   "configs/adautomix/cifar10_cpu.py")
+
+
+def load_config(spec: str):
+  """``path.py[:arg]`` -> the locked ConfigDict of ``get_config(arg)``."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(_ROOT, path)
+  if not os.path.exists(path):
+    raise ValueError(f"`config` file {path!r} does not exist.")
+  module_spec = importlib.util.spec_from_file_location("_vis_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  if config.method not in ("automix", "adautomix"):
+    raise ValueError(f"`config` must be an AutoMix/AdAutoMix config; "
+                     f"{spec!r} has method {config.method!r}.")
+  return config
+
+
+def test_images(config, num: int, seed: int = 0):
+  """``num`` normalised test images ``[num, H, W, C]`` and labels, one source
+  per class where possible, plus the number of classes."""
+  from automix_jax import data
+  _, test = data.build_sources(config.data)
+  rng = np.random.default_rng(seed)
+  idx = np.sort(rng.choice(len(test), size=num, replace=False))
+  batch = test[idx]
+  norm = data.augment_from_config(config.data, train=False)
+  images = norm.device(jnp.asarray(batch["image"]))
+  return images, batch["label"], int(test.num_classes)
+
+
+def load_method(config, num_classes: int, sample_images, *,
+                workdir: Optional[str] = None, seed: int = 0):
+  """``(method, state)``: the newest checkpoint in ``workdir`` or a fresh init."""
+  from automix_jax.train import methods
+  method = methods.get(config.method)(config, num_classes=num_classes,
+                                      steps_per_epoch=1)
+  key = jax.random.key(seed)
+  sample = jnp.zeros((2,) + tuple(sample_images.shape[1:]), jnp.float32)
+  if workdir is None:
+    return method, method.init(key, sample)
+  from automix_jax import checkpoint
+  abstract = jax.eval_shape(method.init, key, sample)
+  rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    restored = ckpt.restore_latest(abstract)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ValueError(f"`workdir` {workdir!r} holds no checkpoint; pass --init "
+                     "to visualise an untrained generator.")
+  return method, restored[1]
+
+
+def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
+            seed: int = 0) -> dict:
+  """Teacher features -> generator masks -> mixed images.
+
+  Sample b mixes ``x[b]`` with ``x[(b + i) % B]`` (i = 1..N-1).
+
+  Returns:
+    ``{"sources": [B, N, H, W, C], "masks": [B, N, H, W], "mixed": [B, H, W, C],
+    "lam": [N]}``; for AutoMix N = 2 and ``masks[:, 1]`` is the partner mask s.
+  """
+  b = images.shape[0]
+  image_hw = tuple(images.shape[1:3])
+  key = jax.random.key(seed)
+  out, _ = method.teacher_apply(state.ema_params, state.ema_batch_stats, images,
+                                key)
+  feats = out["stages"][method.mask_layer]
+  ids = jnp.arange(b, dtype=jnp.int32)
+  gen_params = state.params["generator"]
+  if method.block_name == "automix":
+    lam_v = jnp.float32(0.5 if lam is None else lam[0])
+    index = jnp.roll(ids, -1)
+    s = method.mask(gen_params, feats, index, lam_v, image_hw)
+    mixed, _, _ = generators.apply_masks(
+        images, jnp.eye(b, dtype=jnp.float32), 1.0 - s, lam_v, index)
+    perms = jnp.stack([ids, index])
+    masks = jnp.concatenate([1.0 - s, s], axis=-1).transpose(0, 3, 1, 2)
+    lam_arr = jnp.stack([lam_v, 1 - lam_v])
+  else:
+    n = method.max_mix
+    lam_arr = (jnp.full((n,), 1.0 / n, jnp.float32) if lam is None
+               else jnp.asarray(lam, jnp.float32))
+    perms = jnp.stack([jnp.roll(ids, -i) for i in range(n)])
+    masks = method.masks(gen_params, feats, perms, lam_arr, image_hw)
+    mixed, _, _ = generators.apply_masks(images, jnp.eye(b, dtype=jnp.float32),
+                                         masks, lam_arr, perms.T)
+  sources = jnp.stack([images[p] for p in perms], axis=1)
+  return jax.device_get({"sources": sources, "masks": masks, "mixed": mixed,
+                         "lam": lam_arr})
+
+
+def _to_rgb(x, mean, std):
+  return np.clip(np.asarray(x) * np.asarray(std) + np.asarray(mean), 0, 1)
+
+
+def plot(result: dict, path: str, *, mean, std, title: str = "") -> str:
+  """Writes the grid PNG to ``path``; returns ``path``."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  sources, masks, mixed = result["sources"], result["masks"], result["mixed"]
+  b, n = sources.shape[:2]
+  cols = 2 * n + 1
+  fig, axes = plt.subplots(b, cols, figsize=(1.3 * cols, 1.3 * b + 0.4),
+                           squeeze=False)
+  for r in range(b):
+    for i in range(n):
+      axes[r, i].imshow(_to_rgb(sources[r, i], mean, std))
+      axes[r, n + i].imshow(masks[r, i], cmap="gray", vmin=0, vmax=1)
+    axes[r, 2 * n].imshow(_to_rgb(mixed[r], mean, std))
+  for i in range(n):
+    axes[0, i].set_title(f"x{i} (λ={float(result['lam'][i]):.2f})", fontsize=7)
+    axes[0, n + i].set_title(f"mask {i}", fontsize=7)
+  axes[0, 2 * n].set_title("mixed", fontsize=7)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def visualize(config_spec: str, out_dir: str, *, workdir: Optional[str] = None,
+              num: int = 6, seed: int = 0) -> str:
+  """One config -> one PNG in ``out_dir``; returns its path."""
+  config = load_config(config_spec)
+  images, _, num_classes = test_images(config, num, seed)
+  method, state = load_method(config, num_classes, images, workdir=workdir,
+                              seed=seed)
+  result = compute(method, state, images, seed=seed)
+  tag = "init" if workdir is None else f"step {int(state.step)}"
+  name = f"{config.method}_masks.png"
+  return plot(result, os.path.join(out_dir, name), mean=config.data.mean,
+              std=config.data.std, title=f"{config.method} ({tag})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", nargs="+", default=list(DEFAULT_CONFIGS),
+                      help="config file(s), path.py[:arg]")
+  parser.add_argument("--workdir", nargs="*", default=None,
+                      help="training run dir(s), one per config")
+  parser.add_argument("--init", action="store_true",
+                      help="initialise instead of loading a checkpoint")
+  parser.add_argument("--out", default="results/masks", help="output folder")
+  parser.add_argument("--num", type=int, default=6, help="mixed samples (rows)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  if args.init == bool(args.workdir):
+    parser.error("pass exactly one of --init or --workdir")
+  if args.workdir and len(args.workdir) != len(args.config):
+    parser.error("--workdir needs one directory per --config")
+  if args.num < 3:
+    parser.error("--num must be >= 3 (AdAutoMix mixes 3 images)")
+  workdirs = args.workdir or [None] * len(args.config)
+  for spec, wd in zip(args.config, workdirs):
+    print(visualize(spec, args.out, workdir=wd, num=args.num, seed=args.seed))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
