@@ -83,10 +83,11 @@ def box_from_center(cy: Array, cx: Array, cut_h: Array, cut_w: Array,
                     ) -> Array:
   """The clipped box ``[B, 4]`` int32 ``(y1, y2, x1, x2)``, half-open.
 
-  ``rule="symmetric"`` (torchvision, OpenMixup, the CutMix paper's code, timm
-  before 1.0): ``[c - cut//2, c + cut//2)``, so an unclipped box has an even
-  side ``2 (cut // 2)``. ``rule="exact"`` (timm 1.0.x ``rand_bbox``):
-  ``[c - cut//2, c + (cut+1)//2)``, so an unclipped side is exactly ``cut``.
+  ``rule="symmetric"`` (torchvision, OpenMixup, the CutMix paper's code, and
+  timm at the commit in the reference doc): ``[c - cut//2, c + cut//2)``, so an
+  unclipped box has an even side ``2 (cut // 2)``. ``rule="exact"`` (the
+  installed timm 1.0.31 ``rand_bbox``): ``[c - cut//2, c + (cut+1)//2)``, so an
+  unclipped side is exactly ``cut``.
   """
   cut_h = cut_h.astype(jnp.int32)
   cut_w = cut_w.astype(jnp.int32)
@@ -207,8 +208,8 @@ def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     center: optional integer box centre ``(cy, cx)``, ``[2]`` or ``[B, 2]``;
       must lie inside the image. Drawn uniformly when None.
     box_rule: ``"symmetric"`` (default; torchvision, OpenMixup, the paper: the
-      upper edge is ``c + cut // 2``) or ``"exact"`` (timm 1.0.x: the upper edge
-      is ``c + (cut + 1) // 2``).
+      upper edge is ``c + cut // 2``) or ``"exact"`` (installed timm 1.0.31:
+      the upper edge is ``c + (cut + 1) // 2``). See ``box_from_center``.
 
   Returns:
     ``(mixed_images, mixed_labels, aux)``; ``aux`` holds ``lam`` ``[B]``

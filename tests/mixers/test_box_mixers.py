@@ -385,12 +385,22 @@ def test_resizemix_empty_box_returns_inputs_unchanged():
   np.testing.assert_array_equal(aux["lam"], 1.0)
 
 
-@pytest.mark.parametrize("use_alpha,alpha", [(True, 0.2), (True, 5.0),
-                                             (False, 1.0)])
-def test_resizemix_tau_stays_in_scope(use_alpha, alpha):
-  draw = jax.jit(lambda k: _resizemix.draw_tau(
-      k, 512, alpha=alpha, scope=(0.3, 0.6), use_alpha=use_alpha))
-  tau = np.asarray(draw(jax.random.key(0)))
+TAU_CONFIGS = ((True, 0.2), (True, 5.0), (False, 1.0))
+
+
+@pytest.fixture(scope="module")
+def tau_draws():
+  # One compiled program for all configs (Beta sampling is slow to compile).
+  draw = jax.jit(lambda k: [
+      _resizemix.draw_tau(k, 512, alpha=a, scope=(0.3, 0.6), use_alpha=u)
+      for u, a in TAU_CONFIGS])
+  return dict(zip(TAU_CONFIGS, (np.asarray(t) for t in
+                                draw(jax.random.key(0)))))
+
+
+@pytest.mark.parametrize("use_alpha,alpha", TAU_CONFIGS)
+def test_resizemix_tau_stays_in_scope(tau_draws, use_alpha, alpha):
+  tau = tau_draws[(use_alpha, alpha)]
   # Strictly inside: out-of-scope draws are redrawn, not clipped to the ends.
   assert tau.min() > 0.3 and tau.max() < 0.6
   assert len(np.unique(tau)) > 256
