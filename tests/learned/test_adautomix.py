@@ -393,3 +393,88 @@ def test_eval_variants(setup):
   assert set(v) == {"online_one", "online_mix", "ema_one", "ema_mix"}
   assert method.reported_variant == "ema_one"
   assert v["ema_mix"][1] == "mix" and v["online_one"][1] == "one"
+
+
+def test_grad_clip_is_global_over_classifier_and_generator():
+  c = cifar10_cpu.get_config()
+  c.batch_size = B
+  c.optimizer.grad_clip_norm = 1.0
+  c.optimizer.momentum = 0.0
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"
+  c.generator_optimizer.shared = False
+  c.generator_optimizer.lr = 0.5
+  c.lock()
+  m = adautomix.AdAutoMix(c, num_classes=K, steps_per_epoch=STEPS_PER_EPOCH)
+  params = {"classifier": {"w": jnp.zeros(2)}, "generator": {"w": jnp.zeros(1)}}
+  grads = {"classifier": {"w": jnp.array([3.0, 0.0])},
+           "generator": {"w": jnp.array([4.0])}}       # global norm 5
+  upd, _ = m.tx.update(grads, m.tx.init(params), params)
+  # One global factor 1/5 (per-group clipping would give 1 and 1).
+  np.testing.assert_allclose(upd["classifier"]["w"], [-0.1 * 3 / 5, 0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(upd["generator"]["w"], [-0.5 * 4 / 5], rtol=1e-6)
+
+
+def test_generator_param_group_has_its_own_schedule():
+  from configs.adautomix import tiny_imagenet
+  c = tiny_imagenet.get_config("model=rx50")
+  c.lock()
+  m = adautomix.AdAutoMix(c, num_classes=200, steps_per_epoch=5)
+  assert float(m.lr_fn(0)) == pytest.approx(0.2)
+  assert float(m.lr_gen_fn(0)) == pytest.approx(0.1)
+  last = 5 * 400 - 1
+  assert float(m.lr_fn(last)) == pytest.approx(0.05, rel=1e-3)
+  assert float(m.lr_gen_fn(last)) == pytest.approx(1e-3, rel=1e-2)
+
+
+@pytest.mark.parametrize("module,arg", [
+    ("configs.adautomix.cifar100", "model=r18"),
+    ("configs.adautomix.cifar100", "model=rx50"),
+    ("configs.adautomix.tiny_imagenet", "model=r18"),
+    ("configs.adautomix.imagenet", "model=r50"),
+    ("configs.adautomix.fine_grained", "dataset=cub,model=r18"),
+    ("configs.adautomix.fine_grained", "dataset=cars,model=rx50"),
+    ("configs.adautomix.fine_grained", "dataset=aircraft,model=rx50"),
+    ("configs.adautomix.cifar100_vit", "model=deit_s"),
+    ("configs.automix.cifar100", "model=r18"),
+])
+def test_reference_configs_build(module, arg):
+  import importlib
+  from automix_jax.train import methods
+  c = importlib.import_module(module).get_config(arg)
+  c.lock()
+  m = methods.get(c.method)(c, num_classes=100, steps_per_epoch=5)
+  assert m.reported_variant == "ema_one"
+
+
+def test_swin_config_is_rejected_until_the_zoo_has_swin():
+  from configs.adautomix import cifar100_vit
+  c = cifar100_vit.get_config("model=swin_t")
+  c.lock()
+  with pytest.raises(ValueError, match="swin_tiny"):
+    adautomix.AdAutoMix(c, num_classes=100, steps_per_epoch=5)
+
+
+def test_running_teacher_uses_eval_mode_and_online_statistics(setup):
+  _, state, batch = setup
+  m = adautomix.AdAutoMix(make_config(teacher_bn="running"), num_classes=K,
+                          steps_per_epoch=STEPS_PER_EPOCH)
+  stats = jax.tree.map(lambda x: x + 0.5, state.ema_batch_stats)
+
+  def run(st):
+    out, new_stats = m.teacher_apply(st.ema_params, stats, batch["image"],
+                                     jax.random.key(0))
+    ref = m.model.apply({"params": st.ema_params, "batch_stats": stats},
+                        batch["image"], train=False)
+    zero = jax.tree.map(jnp.zeros_like, st.params)
+    online = jax.tree.map(lambda x: x + 1.0, st.batch_stats)
+    new_state, _ = m.apply_update(st, zero, online, stats)
+    return out["logits"]["mix"], ref["logits"]["mix"], new_stats, new_state, online
+
+  got, ref, new_stats, new_state, online = jax.device_get(jax.jit(run)(state))
+  np.testing.assert_array_equal(got, ref)                  # eval mode
+  for a, b in zip(_leaves(new_stats), _leaves(stats)):     # no stat update
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(_leaves(new_state.ema_batch_stats), _leaves(online)):
+    np.testing.assert_array_equal(a, b)                    # copy of online
