@@ -218,6 +218,10 @@ def main(argv=None) -> int:
       "the per-batch median. `n/a`: the mixer is still a placeholder.",
       "* Peers run in place on NCHW clones prepared outside the timed region; "
       "they draw their own parameters with NumPy/torch RNGs.",
+      "* Caveat: this machine is shared (about 8 processes on 2 cores). Single "
+      "numbers can swing severalfold between runs, and a ratio can drop below "
+      "1 when the floor was measured during a busier moment. Compare rows "
+      "within one run, and rerun before drawing conclusions.",
       "",
   ]
   if args.out:
