@@ -241,6 +241,11 @@ class LearnedMixingBase:
       raise ValueError(f"`optimizer.grad_clip_norm` must be >= 0; got {clip}.")
     opt_cfg["grad_clip_norm"] = 0.0
     gen_cfg = cfg_dict(config.get("generator_optimizer", None))
+    unknown = sorted(set(gen_cfg) - set(opt_cfg) - {"shared", "b1", "b2", "eps"})
+    if unknown:
+      raise ValueError(f"`generator_optimizer` has unknown key(s) {unknown}; it "
+                       f"takes 'shared' and overrides of config.optimizer's keys "
+                       f"{sorted(opt_cfg)}.")
     shared = bool(gen_cfg.pop("shared", True))
     gen_opt_cfg = dict(opt_cfg) if shared else {**opt_cfg, **gen_cfg,
                                                 "grad_clip_norm": 0.0}

@@ -82,6 +82,8 @@ class AdAutoMix(L.LearnedMixingBase):
     self.cosine_sign = float(sign)
 
   def _build_generator(self, gen_cfg: dict):
+    gen_common.check_scale(gen_cfg.get("scale", 4), arg="adautomix.generator.scale")
+    gen_common.check_upsample(gen_cfg.get("upsample", "bilinear"))
     return generators.AdaptiveMask(
         reduction=int(gen_cfg.get("reduction", 2)),
         scale=gen_cfg.get("scale", 4),

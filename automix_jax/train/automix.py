@@ -61,6 +61,9 @@ class AutoMix(L.LearnedMixingBase):
   def _build_generator(self, gen_cfg: dict):
     scale = gen_cfg.get("scale", 0)
     self._scale_auto = scale in (0, None)
+    if not self._scale_auto:
+      gen_common.check_scale(scale, arg="automix.generator.scale")
+    gen_common.check_upsample(gen_cfg.get("upsample", "nearest"))
     return generators.PixelMixBlock(
         reduction=int(gen_cfg.get("reduction", 2)),
         scale=1 if self._scale_auto else scale,   # set from the image in init

@@ -359,6 +359,22 @@ def test_bad_config_raises_at_construction(block, match):
                         steps_per_epoch=STEPS_PER_EPOCH)
 
 
+def test_bad_generator_settings_raise_at_construction():
+  for gen, match in [({"scale": 0}, "scale"), ({"upsample": "cubic"}, "upsample")]:
+    c = make_config()
+    c.unlock()
+    c.adautomix.generator.update(gen)
+    c.lock()
+    with pytest.raises(ValueError, match=match):
+      adautomix.AdAutoMix(c, num_classes=K, steps_per_epoch=STEPS_PER_EPOCH)
+  c = make_config()
+  c.unlock()
+  c.generator_optimizer.min_lr_typo = 0.1
+  c.lock()
+  with pytest.raises(ValueError, match="generator_optimizer.*min_lr_typo"):
+    adautomix.AdAutoMix(c, num_classes=K, steps_per_epoch=STEPS_PER_EPOCH)
+
+
 def test_missing_feature_layer_raises_before_compute():
   m = adautomix.AdAutoMix(make_config(mask_layer=4), num_classes=K,
                           steps_per_epoch=STEPS_PER_EPOCH)
