@@ -1,0 +1,197 @@
+"""scripts/summarize_runs.py on synthetic summary.json files (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "summarize_runs", REPO / "scripts" / "summarize_runs.py")
+sr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sr)
+
+
+def write_run(root: pathlib.Path, name: str, ema: list[float] | None,
+              online: list[float], *, wall=60.0, ips=100.0, epochs=None,
+              metrics=False):
+  """A summary.json whose history has the given per-epoch top-1 values."""
+  history = []
+  for i, o in enumerate(online):
+    v = {"online_one": {"top1": o, "top5": 99.0, "ece": 0.1}}
+    if ema is not None:
+      v["ema_one"] = {"top1": ema[i], "top5": 99.0, "ece": 0.1}
+    history.append({"epoch": i + 1, "step": (i + 1) * 10, "variants": v})
+  s = {"reported_variant": "ema_one" if ema is not None else "online_one",
+       # Deliberately not the 10 % rule: the script must ignore it.
+       "reported_top1": -1.0,
+       "variants": {}, "history": history, "wall_time_s": wall,
+       "train_images_per_s": ips,
+       "config": {"num_epochs": epochs or len(online), "batch_size": 50,
+                  "model": {"name": "cifar_resnet18", "width": 0.125},
+                  "data": {"name": "cifar10_archive", "images_per_class": 10,
+                           "subset_seed": 0},
+                  "ema": {"enabled": ema is not None, "momentum": 0.9,
+                          "end_momentum": 0.99}}}
+  d = root / name
+  d.mkdir(parents=True)
+  (d / "summary.json").write_text(json.dumps(s))
+  if metrics:
+    lines = [{"step": h["step"], "train/loss": 1.0, "train/lr": 0.1}
+             for h in history]
+    lines += [{"step": h["step"], "epoch": h["epoch"],
+               "eval/online_one/top1": h["variants"]["online_one"]["top1"]}
+              for h in history]
+    (d / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(x) for x in lines) + "\n")
+  return d
+
+
+def flat(n, v):
+  return [float(v)] * n
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_window_is_ten_percent_at_least_one():
+  assert sr.last_fraction_window(1) == 1
+  assert sr.last_fraction_window(9) == 1
+  assert sr.last_fraction_window(10) == 1
+  assert sr.last_fraction_window(19) == 1
+  assert sr.last_fraction_window(20) == 2
+  assert sr.last_fraction_window(30) == 3
+  assert sr.last_fraction_window(800) == 80
+
+
+def test_median_of_last_ten_percent_from_history():
+  # 30 epochs -> last 3: values 50, 10, 40 -> median 40 (not the last, 40,
+  # by coincidence: check with an unsorted, non-final median too).
+  online = list(range(1, 28)) + [50.0, 10.0, 40.0]
+  hist = [{"epoch": i + 1, "variants": {"online_one": {"top1": v}}}
+          for i, v in enumerate(online)]
+  assert sr.median_last_fraction(hist, "online_one") == 40.0
+  online[-1] = 5.0   # last 3: 50, 10, 5 -> 10
+  hist[-1]["variants"]["online_one"]["top1"] = 5.0
+  assert sr.median_last_fraction(hist, "online_one") == 10.0
+  # 20 epochs -> last 2, even count -> mean of the two.
+  hist20 = [{"epoch": i + 1, "variants": {"online_one": {"top1": float(i)}}}
+            for i in range(20)]
+  assert sr.median_last_fraction(hist20, "online_one") == 18.5
+  # 5 epochs -> last 1 only.
+  assert sr.median_last_fraction(hist20[:5], "online_one") == 4.0
+  assert sr.median_last_fraction(hist20, "ema_one") is None
+
+
+def test_sparse_evaluations_use_the_epochs_in_the_window():
+  # Evaluated every 5 epochs up to 40: window = last 4 epochs (37..40) holds
+  # only the epoch-40 evaluation.
+  hist = [{"epoch": e, "variants": {"online_one": {"top1": float(e)}}}
+          for e in range(5, 45, 5)]
+  assert sr.median_last_fraction(hist, "online_one") == 40.0
+
+
+def test_kendall_tau_hand_computed():
+  # Orders a>b>c>d vs a>c>b>d: pairs (6): one discordant (b,c) -> (5-1)/6.
+  assert sr.kendall_tau([4, 3, 2, 1], [4, 2, 3, 1]) == pytest.approx(4 / 6)
+  assert sr.kendall_tau([1, 2, 3], [1, 2, 3]) == 1.0
+  assert sr.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+  # Tie in xs (tau-b): x = 1,1,2 ; y = 1,2,3. Pairs: (0,1) tied in x,
+  # (0,2) C, (1,2) C -> (2 - 0) / sqrt((3 - 1) * 3) = 2 / sqrt(6).
+  assert sr.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+  assert math.isnan(sr.kendall_tau([1.0], [2.0]))
+
+
+def test_table_numbers_ranking_and_fallback(tmp_path):
+  root = tmp_path / "runs"
+  n = 20  # window = last 2 epochs
+  # mixup: EMA last-2 medians 60 and 62 -> mean 61, std sqrt(2); online 50/52.
+  write_run(root, "mixup_seed0", flat(18, 0) + [59.0, 61.0],
+            flat(18, 0) + [49.0, 51.0], wall=120.0, ips=200.0)
+  write_run(root, "mixup_seed1", flat(18, 0) + [62.0, 62.0],
+            flat(18, 0) + [52.0, 52.0], wall=180.0, ips=100.0)
+  # vanilla: no EMA at all -> ranked by online (70, the best).
+  write_run(root, "vanilla_seed0", None, flat(n, 70.0))
+  write_run(root, "vanilla_seed1", None, flat(n, 70.0))
+  # adautomix: EMA 65, online 40.
+  write_run(root, "adautomix_seed0", flat(n, 65.0), flat(n, 40.0))
+  write_run(root, "adautomix_seed1", flat(n, 65.0), flat(n, 40.0))
+  (root / "notes").mkdir()                      # ignored
+  (root / "cutmix_seed0").mkdir()               # unfinished: no summary
+
+  runs = sr.find_runs(str(root))
+  assert [r["name"] for r in runs] == [
+      "vanilla_seed0", "vanilla_seed1", "mixup_seed0", "mixup_seed1",
+      "adautomix_seed0", "adautomix_seed1"]
+  methods = {m["method"]: m for m in sr.aggregate(runs)}
+  mx = methods["mixup"]
+  assert mx["ema"]["mean"] == pytest.approx(61.0)
+  assert mx["ema"]["std"] == pytest.approx(math.sqrt(2.0))
+  assert (mx["ema"]["min"], mx["ema"]["max"]) == (60.0, 62.0)
+  assert mx["online"]["mean"] == pytest.approx(51.0)
+  assert mx["wall_time_s"]["mean"] == 150.0
+  assert mx["images_per_s"]["mean"] == 150.0
+  assert methods["vanilla"]["ema"] is None
+  assert methods["vanilla"]["score_source"] == "online"
+  assert methods["vanilla"]["score"]["mean"] == 70.0
+  ranked = [m["method"] for m in sr.rank(list(methods.values()))]
+  assert ranked == ["vanilla", "adautomix", "mixup"]
+
+  out = tmp_path / "res" / "report.md"
+  text = sr.summarize(str(root), str(out), paper_table=True,
+                      command="bash scripts/reproduce_cpu.sh")
+  assert out.read_text() == text
+  assert "bash scripts/reproduce_cpu.sh" in text
+  row = next(l for l in text.splitlines() if l.startswith("| 3 | MixUp |"))
+  assert "61.00 ± 1.41" in row and "60.00–62.00" in row
+  assert "51.00 ± 1.41" in row and "| 2.5 |" in row and "| 150 |" in row
+  row = next(l for l in text.splitlines() if l.startswith("| 1 | Vanilla |"))
+  assert "70.00 ± 0.00 †" in row
+  assert "no EMA variant" in text
+  # reported_top1 (-1) is shown per run but never used for scoring.
+  assert "-1.00" in text and "-1.00 ±" not in text
+
+  # Paper 800: AdAutoMix > MixUp > Vanilla; here Vanilla > AdAutoMix > MixUp.
+  # Pairs: (AdA, MixUp) agree; (AdA, Van) and (MixUp, Van) reversed
+  # -> tau = (1 - 2) / 3.
+  cmp = sr.compare_with_paper(sr.rank(list(methods.values())),
+                              sr.PAPER_C100_R18[800])
+  assert cmp["tau"] == pytest.approx(-1 / 3)
+  assert len(cmp["agree"]) == 1 and len(cmp["disagree"]) == 2
+  assert "| R-18 800 ep | 3 | -0.333 | 1 | 2 |" in text
+  assert "### Where it agrees and where it does not" in text
+  assert "- AdAutoMix vs Vanilla: the paper has AdAutoMix above Vanilla" in text
+  assert "Vanilla training beats AdAutoMix, MixUp here" in text
+  assert "## Paper numbers beside ours" in text
+
+
+def test_output_is_deterministic_and_curves(tmp_path):
+  root = tmp_path / "runs"
+  for m, v in (("mixup", 60.0), ("cutmix", 55.0)):
+    for s in (0, 1):
+      write_run(root, f"{m}_seed{s}", flat(10, v + s), flat(10, v - 5),
+                metrics=True)
+  out = tmp_path / "r.md"
+  curves = tmp_path / "r"
+  a = sr.summarize(str(root), str(out), curves_dir=str(curves), command="x")
+  b = sr.summarize(str(root), str(out), curves_dir=str(curves), command="x")
+  assert a == b
+  assert sorted(p.name for p in curves.iterdir()) == [
+      "cutmix.png", "mixup.png", "overall_seed0.png"]
+  assert "(r/mixup.png)" in a
+
+
+def test_empty_root_is_a_clear_error(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(sr.NoRunsError, match="holds no runs"):
+    sr.find_runs(str(tmp_path / "empty"))
+  with pytest.raises(sr.NoRunsError, match="not a directory"):
+    sr.find_runs(str(tmp_path / "missing"))
+  assert sr.main([str(tmp_path / "empty"), "--out",
+                  str(tmp_path / "x.md"), "--no-curves"]) == 2
+  assert "holds no runs" in capsys.readouterr().err
+  assert not (tmp_path / "x.md").exists()
