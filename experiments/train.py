@@ -45,9 +45,18 @@ def launched_multi_process(env=os.environ) -> bool:
   return len([h for h in hosts.split(",") if h]) > 1
 
 
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   import jax  # after flag parsing
   multi = _MULTI.value
   if multi == "true" or (multi == "auto" and launched_multi_process()):

@@ -190,6 +190,51 @@ def summarize(history: list[dict], *, reported_variant: str,
 # ---------------------------------------------------------------------------
 
 
+# Keys that may change between a run and its resumption: they do not change
+# what is computed (logging, paths, when to stop or checkpoint, final evals).
+_RESUME_FREE_KEYS = ("stop_after_steps", "progress_bar", "log_every_steps",
+                     "eval_batch_size", "checkpoint", "final_evals",
+                     "data.archive_path", "data.cache_dir", "data.tfds_data_dir")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, (list, tuple)) else v
+  return out
+
+
+def resume_fingerprint(config: Any) -> dict:
+  """The config entries a checkpoint must agree with to be resumed."""
+  flat = _flatten(config.to_dict() if hasattr(config, "to_dict") else config)
+  return {k: v for k, v in flat.items()
+          if not any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)}
+
+
+def check_resumable(saved: dict | None, config: Any, workdir: str) -> None:
+  """Refuses to resume a checkpoint that was written under another config.
+
+  A silent resume would continue, say, a 3-epoch schedule as an 8-epoch one and
+  mix two runs' histories. Raises ValueError naming the differing keys.
+  """
+  if saved is None:
+    return
+  now = resume_fingerprint(config)
+  keys = sorted(set(saved) | set(now))
+  diff = [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+          for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+  if diff:
+    raise ValueError(
+        f"workdir {workdir!r} holds a checkpoint of a different config; "
+        f"refusing to resume it. Differences (checkpoint -> now): "
+        f"{'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''}. Use a new "
+        "--workdir, or the original config.")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Trains ``config.method`` and evaluates it; returns (and writes) a summary.
 
@@ -262,6 +307,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   history: list[dict] = []
   if restored is not None:
     _, state, extra = restored
+    check_resumable(extra.get("config"), config, workdir)
     train_iter.set_state(extra["data"])
     history = list(extra.get("history", []))
     logging.info("Resumed from step %d.", int(jax.device_get(state.step)))
@@ -285,7 +331,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
   def save(step, force):
     saved = ckpt.save(step, state, {"data": train_iter.get_state(),
-                                    "history": history}, force=force)
+                                    "history": history,
+                                    "config": resume_fingerprint(config)},
+                      force=force)
     if saved:
       last_good["step"] = step
 

@@ -119,6 +119,8 @@ def test_bfloat16_images_keep_dtype(name):
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_traced_once_across_calls(name):
+  # chex counts traces per function source, across parametrizations.
+  chex.clear_trace_counter()
   images, labels = _batch()
 
   @jax.jit

@@ -140,6 +140,11 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
       str(resumed))
   assert stopped["stopped_at_step"] == 3
   assert len(stopped["history"]) == 1  # the epoch-1 eval
+  # A checkpoint of another config is never resumed silently.
+  with pytest.raises(ValueError, match=r"different config.*num_epochs: 2 -> 3"):
+    loop.train_and_evaluate(
+        cpu_config(tiny_archive, arg="mixer=mixup,ema", num_epochs=3),
+        str(resumed))
   final = loop.train_and_evaluate(
       cpu_config(tiny_archive, arg="mixer=mixup,ema"), str(resumed))
   assert final["resumed_from_step"] == 3 and final["steps"] == 4
