@@ -72,8 +72,8 @@ class AdaptiveMask(nn.Module):
     G.check_image_size(image_size, h, w, scale)
     ishape = getattr(indices, "shape", None)
     if ishape is None or len(ishape) != 2 or ishape[1] != b:
-      raise ValueError(f"`indices` must be [N, B] = (N, {b}) int; got "
-                       f"{tuple(ishape) if ishape is not None else type(indices).__name__}.")
+      got = (tuple(ishape) if ishape is not None else type(indices).__name__)
+      raise ValueError(f"`indices` must be [N, B] = (N, {b}) int; got {got}.")
     n = int(ishape[0])
     if n < 2:
       raise ValueError(f"`indices` must hold N >= 2 images to mix; got N = {n}.")

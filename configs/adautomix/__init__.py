@@ -1,1 +1,1 @@
-"""AdAutoMix (ICLR 2024) configs: ``get_config(arg)`` files, see docs/learned_mixing.md."""
+"""AdAutoMix (ICLR 2024) configs (``get_config(arg)``); see docs/learned_mixing.md."""
