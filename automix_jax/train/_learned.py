@@ -348,6 +348,25 @@ class LearnedMixingBase:
 
   # -- update -----------------------------------------------------------------
 
+  def update(self, state, ctx) -> tuple[state_lib.TrainState, dict]:
+    """One backward pass over L_classifier + L_generator and the update.
+
+    The two losses touch disjoint parameter groups, so the gradient of their
+    sum routes each loss to its own group (the reference's single backward).
+    Returns ``(new_state, metrics)`` with the loss, the method's own metrics
+    from ``self.losses`` and the finiteness flag the loop checks.
+    """
+    def total(params):
+      loss_cls, loss_gen, aux = self.losses(params, state, ctx)
+      return loss_cls + loss_gen, aux
+
+    (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    new_state, m = self.apply_update(state, grads, aux["stats"],
+                                     aux["teacher_stats"])
+    metrics = {"loss": loss, **aux["metrics"], **m,
+               "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss))}
+    return new_state, metrics
+
   def apply_update(self, state, grads, batch_stats, teacher_stats):
     """Optimizer step on ``{classifier, generator}``, then the EMA teacher.
 

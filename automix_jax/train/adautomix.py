@@ -241,19 +241,11 @@ class AdAutoMix(L.LearnedMixingBase):
   def _step_n(self, n: int, state, batch, step_key):
     ctx = self.prepare(n, state, batch, step_key)
 
-    def total(params):
-      loss_cls, loss_gen, aux = self.losses(params, state, ctx)
-      return loss_cls + loss_gen, aux
-
-    (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-    new_state, m = self.apply_update(state, grads, aux["stats"],
-                                     aux["teacher_stats"])
-    metrics = {"loss": loss, **aux["metrics"], **m,
-               "n_mix": jnp.int32(n),
-               "adversarial": ctx["adversarial"].astype(jnp.float32),
-               "lam_margin": ctx["fire"].astype(jnp.float32),
-               "lam_max": jnp.max(ctx["lam_bb"]),
-               "finite": jnp.logical_and(L.all_finite(grads), jnp.isfinite(loss))}
+    new_state, metrics = self.update(state, ctx)
+    metrics.update({"n_mix": jnp.int32(n),
+                    "adversarial": ctx["adversarial"].astype(jnp.float32),
+                    "lam_margin": ctx["fire"].astype(jnp.float32),
+                    "lam_max": jnp.max(ctx["lam_bb"])})
     return new_state, metrics
 
   def train_step(self, state, batch, key):

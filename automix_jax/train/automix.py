@@ -193,16 +193,8 @@ class AutoMix(L.LearnedMixingBase):
     """
     ctx = self.prepare(state, batch, jax.random.fold_in(key, state.step))
 
-    def total(params):
-      loss_cls, loss_gen, aux = self.losses(params, state, ctx)
-      return loss_cls + loss_gen, aux
-
-    (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-    new_state, m = self.apply_update(state, grads, aux["stats"],
-                                     aux["teacher_stats"])
-    metrics = {"loss": loss, **aux["metrics"], **m,
-               "lam_mb": ctx["lam_mb"], "lam_bb": ctx["lam_bb"],
-               "lam_margin": ctx["fire"].astype(jnp.float32),
-               "mask_loss_weight": ctx["mask_w"],
-               "finite": jnp.logical_and(L.all_finite(grads), jnp.isfinite(loss))}
+    new_state, metrics = self.update(state, ctx)
+    metrics.update({"lam_mb": ctx["lam_mb"], "lam_bb": ctx["lam_bb"],
+                    "lam_margin": ctx["fire"].astype(jnp.float32),
+                    "mask_loss_weight": ctx["mask_w"]})
     return new_state, metrics

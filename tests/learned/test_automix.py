@@ -23,12 +23,7 @@ B, HW, K = 8, 16, 4
 STEPS_PER_EPOCH = 10  # T = 20: momentum constant for t < 2, cosine after.
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def make_config(generator=None, **block):

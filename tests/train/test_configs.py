@@ -12,13 +12,7 @@ import pytest
 from configs import common
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Cheaper XLA compiles for these tiny models (as flax's train_test does)."""
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 CONFIG_FILES = sorted(

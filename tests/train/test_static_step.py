@@ -17,13 +17,7 @@ from automix_jax.train import optim
 from configs import cifar10_cpu
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Cheaper XLA compiles for these tiny models (as flax's train_test does)."""
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny_config(**overrides):
