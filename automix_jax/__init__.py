@@ -13,7 +13,7 @@ from automix_jax import mixers
 __version__ = "0.1.0"
 
 _LAZY = ("models", "data", "train", "generators", "evaluators", "checkpoint",
-         "configs_lib", "sharding")
+         "metrics", "sharding")
 
 
 def __getattr__(name):
