@@ -184,3 +184,15 @@ def test_per_device_validation():
   images, labels = _batch(8)
   with pytest.raises(ValueError, match="at least 2"):
     mixers.per_device(mixers.mixup, mesh)(jax.random.key(0), images, labels)
+
+
+def test_importing_the_mixers_costs_only_jax_and_numpy():
+  import subprocess
+  import sys
+  code = ("import sys, automix_jax, automix_jax.mixers; "
+          "heavy = [m for m in sys.modules if m.split('.')[0] in "
+          "('flax', 'optax', 'orbax', 'tensorflow_datasets', 'tensorflow', "
+          "'torch', 'ml_collections')]; print(heavy)")
+  out = subprocess.run([sys.executable, "-c", code], check=True,
+                       capture_output=True, text=True).stdout.strip()
+  assert out == "[]", out
