@@ -117,6 +117,11 @@ def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"
   ``aux`` (a switch's ``choice``) come back as one value per device,
   ``[n_devices]``.
 
+  Per-sample inputs that a mixer takes besides the batch (attentive mixing's
+  ``scores`` ``[B, gh, gw]``) are passed to the returned function as keywords,
+  ``fn(key, images, labels, scores=scores)``, and split over the devices with
+  the batch.
+
   Args:
     mixer: any mixer with its hyperparameters bound.
     mesh: device mesh with an axis called ``axis``.
@@ -128,17 +133,17 @@ def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"
   n_shards = mesh.shape[axis]
   spec = jax.P(axis)
 
-  def local(key, images, labels):
+  def local(key, images, labels, batch_inputs):
     shard = jax.lax.axis_index(axis)
     key = jax.random.fold_in(key, shard)
-    mixed, mixed_labels, aux = mixer(key, images, labels)
+    mixed, mixed_labels, aux = mixer(key, images, labels, **batch_inputs)
     offset = (shard * images.shape[0]).astype(jnp.int32)
     # Per-device scalars (a switch's choice) become one entry per device.
     aux = {k: v[None] if v.ndim == 0 else v for k, v in aux.items()}
     aux["index"] = aux["index"] + offset
     return mixed, mixed_labels, aux
 
-  def wrapped(key, images, labels):
+  def wrapped(key, images, labels, **batch_inputs):
     batch_size = images.shape[0]
     if batch_size % n_shards:
       raise ValueError(
@@ -149,16 +154,23 @@ def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"
           f"each device needs at least 2 samples to mix; batch size "
           f"{batch_size} over {n_shards} devices gives "
           f"{batch_size // n_shards}.")
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(), spec, spec),
+    for name, value in batch_inputs.items():
+      shape = getattr(value, "shape", None)
+      if not shape or shape[0] != batch_size:
+        raise ValueError(
+            f"`{name}` is split over the devices with the batch, so it must "
+            f"be an array with leading dimension B = {batch_size}; got "
+            f"{tuple(shape) if shape is not None else type(value).__name__}.")
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(), spec, spec, spec),
                        out_specs=spec, check_vma=False)
     # Lay the batch out along the axis first: a no-op when it already is (the
     # trainer's batches are), a scatter when a caller passes a local array.
     batch_sharding = jax.sharding.NamedSharding(mesh, spec)
     explicit = jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)
     place = jax.reshard if explicit else jax.lax.with_sharding_constraint
-    images = place(images, batch_sharding)
-    labels = place(labels, batch_sharding)
-    return fn(key, images, labels)
+    images, labels, batch_inputs = jax.tree.map(
+        lambda x: place(x, batch_sharding), (images, labels, batch_inputs))
+    return fn(key, images, labels, batch_inputs)
 
   return wrapped
 

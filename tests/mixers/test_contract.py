@@ -143,15 +143,20 @@ def test_per_device_equals_mixer_applied_shard_by_shard(name):
   images = jax.random.uniform(kx, (n_dev * per_shard, H, W, C))
   labels = mixers.one_hot(jax.random.randint(ky, (n_dev * per_shard,), 0, K), K)
   hp = _hparams(name)
-  if name == "attentivemix":  # scores must be sharded like the batch
-    pytest.skip("per-sample score maps are batch inputs, not hyperparameters")
+  # Per-sample inputs (attentive mixing's score maps) travel with the batch.
+  batch_inputs = {}
+  if name == "attentivemix":
+    batch_inputs = {"scores": jax.random.uniform(
+        jax.random.key(7), (n_dev * per_shard, 4, 4))}
+    hp = {}
   mixer = mixers.get(name, **hp)
   key = jax.random.key(11)
   mixed, mixed_labels, aux = jax.jit(mixers.per_device(mixer, mesh))(
-      key, images, labels)
+      key, images, labels, **batch_inputs)
   for s in range(n_dev):
     sl = slice(s * per_shard, (s + 1) * per_shard)
-    ref = mixer(jax.random.fold_in(key, s), images[sl], labels[sl])
+    ref = mixer(jax.random.fold_in(key, s), images[sl], labels[sl],
+                **{k: v[sl] for k, v in batch_inputs.items()})
     np.testing.assert_allclose(mixed[sl], ref[0], atol=1e-6)
     np.testing.assert_allclose(mixed_labels[sl], ref[1], atol=1e-6)
     np.testing.assert_allclose(aux["lam"][sl], ref[2]["lam"], atol=1e-6)

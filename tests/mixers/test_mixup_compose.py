@@ -184,6 +184,10 @@ def test_per_device_validation():
   images, labels = _batch(8)
   with pytest.raises(ValueError, match="at least 2"):
     mixers.per_device(mixers.mixup, mesh)(jax.random.key(0), images, labels)
+  images, labels = _batch(16)
+  with pytest.raises(ValueError, match="`scores`.*leading dimension B = 16"):
+    mixers.per_device(mixers.attentive_grid_mix, mesh)(
+        jax.random.key(0), images, labels, scores=jnp.ones((8, 2, 2)))
 
 
 def test_importing_the_mixers_costs_only_jax_and_numpy():
