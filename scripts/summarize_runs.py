@@ -486,6 +486,32 @@ def _setup_line(runs: list[dict]) -> list[str]:
   return lines
 
 
+def ranked_view(methods: list[dict], variant_of, title: str, intro: str
+                ) -> list[str]:
+  """A ranking section scored on ``variant_of(method) in {"ema", "online"}``,
+  with Kendall tau against both paper columns and the pairs that disagree."""
+  view = rank([{**m, "score": m[variant_of(m)], "score_source": variant_of(m)}
+               for m in methods if m[variant_of(m)] is not None])
+  if not view:
+    return []
+  L = [f"## {title}", "", intro, "",
+       "| rank | method | model | top-1 (mean ± std) | min–max |",
+       "|---|---|---|---|---|"]
+  for i, m in enumerate(view, 1):
+    L.append(f"| {i} | {display(m['method'])} | {m['score_source']} | "
+             f"{_ms(m['score'])} | {_range(m['score'])} |")
+  L += ["", "| paper column | methods compared | Kendall tau | pairs in "
+        "agreement | pairs reversed |", "|---|---|---|---|---|"]
+  for ep in (800, 200):
+    c = compare_with_paper(view, PAPER_C100_R18[ep])
+    L.append(f"| R-18 {ep} ep | {len(c['methods'])} | {_tau_str(c['tau'])} | "
+             f"{len(c['agree'])} | {len(c['disagree'])} |")
+  L.append("")
+  L += agreement_paragraph(compare_with_paper(view, PAPER_C100_R18[200]), view)
+  L.append("")
+  return L
+
+
 def render(runs: list[dict], *, run_root: str, command: str,
            paper_table: bool, curves: dict[str, str] | None,
            out_path: str, title: str = "") -> str:
@@ -596,62 +622,22 @@ def render(runs: list[dict], *, run_root: str, command: str,
   # The paper's own protocol: AutoMix/AdAutoMix report their EMA teacher
   # (acc_one_k), while OpenMixup's static-mixer baselines report the online
   # network (they train no EMA).
-  protocol = rank([
-      {**m, "score": m["ema"] if m["method"] in LEARNED else m["online"],
-       "score_source": "ema" if m["method"] in LEARNED else "online"}
-      for m in methods
-      if (m["ema"] if m["method"] in LEARNED else m["online"]) is not None])
-  if protocol:
-    L += ["## The paper's protocol: EMA for the learned mixers, online for "
-          "the static ones", ""]
-    L += ["AutoMix and AdAutoMix report their EMA teacher (`acc_one_k`); the "
-          "static-mixer baselines in the same tables come from OpenMixup runs "
-          "without an EMA model, i.e. the online network. Ranked that way:", ""]
-    L += ["| rank | method | model | top-1 (mean ± std) | min–max |",
-          "|---|---|---|---|---|"]
-    for i, m in enumerate(protocol, 1):
-      L.append(f"| {i} | {display(m['method'])} | {m['score_source']} | "
-               f"{_ms(m['score'])} | {_range(m['score'])} |")
-    L.append("")
-    L += ["| paper column | methods compared | Kendall tau | pairs in "
-          "agreement | pairs reversed |", "|---|---|---|---|---|"]
-    for ep in (800, 200):
-      c = compare_with_paper(protocol, PAPER_C100_R18[ep])
-      L.append(f"| R-18 {ep} ep | {len(c['methods'])} | "
-               f"{_tau_str(c['tau'])} | {len(c['agree'])} | "
-               f"{len(c['disagree'])} |")
-    L.append("")
-    L += agreement_paragraph(compare_with_paper(protocol, PAPER_C100_R18[200]),
-                             protocol)
-    L.append("")
-
+  L += ranked_view(
+      methods, lambda m: "ema" if m["method"] in LEARNED else "online",
+      "The paper's protocol: EMA for the learned mixers, online for the static "
+      "ones",
+      "AutoMix and AdAutoMix report their EMA teacher (`acc_one_k`); the "
+      "static-mixer baselines in the same tables come from OpenMixup runs "
+      "without an EMA model, i.e. the online network. Ranked that way:")
   # The EMA teacher lags the online weights in short runs, so the same
   # comparison is repeated on the online model.
-  online = rank([{**m, "score": m["online"], "score_source": "online"}
-                 for m in methods if m["online"] is not None])
-  if online:
-    L += ["## The same comparison on the online model", ""]
-    L += ["The ranking above uses the EMA model, as the paper reports. In a run "
-          "this short the EMA (time constant scaled to the run, see Setup) can "
-          "lag the online weights, so here is the ranking by the online "
-          "model's top-1 (same window rule).", ""]
-    L += ["| rank | method | online top-1 (mean ± std) | min–max |",
-          "|---|---|---|---|"]
-    for i, m in enumerate(online, 1):
-      L.append(f"| {i} | {display(m['method'])} | {_ms(m['online'])} | "
-               f"{_range(m['online'])} |")
-    L.append("")
-    L += ["| paper column | methods compared | Kendall tau | pairs in "
-          "agreement | pairs reversed |", "|---|---|---|---|---|"]
-    for ep in (800, 200):
-      c = compare_with_paper(online, PAPER_C100_R18[ep])
-      L.append(f"| R-18 {ep} ep | {len(c['methods'])} | "
-               f"{_tau_str(c['tau'])} | {len(c['agree'])} | "
-               f"{len(c['disagree'])} |")
-    L.append("")
-    L += agreement_paragraph(compare_with_paper(online, PAPER_C100_R18[200]),
-                             online)
-    L.append("")
+  L += ranked_view(
+      methods, lambda m: "online",
+      "The same comparison on the online model",
+      "The ranking above uses the EMA model, as the paper reports. In a run "
+      "this short the EMA (time constant scaled to the run, see Setup) can "
+      "lag the online weights, so here is the ranking by the online model's "
+      "top-1 (same window rule).")
 
   if paper_table:
     L += ["## Paper numbers beside ours", ""]
