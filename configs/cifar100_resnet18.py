@@ -35,42 +35,19 @@ def get_config(arg=None):
   c = common.base_config()
   c.method = "static"
   c.num_epochs = arg.epochs
-  c.batch_size = 100
-  c.log_every_steps = 100
+  common.openmixup_cifar100(c, min_lr=arg.min_lr)
   c.report_last_epochs = 10
 
   c.model.name = "cifar_resnet18"
   c.model.width = 1.0
 
-  c.data.name = "cifar100"          # TFDS
-  c.data.archive_path = ""
-  c.data.augment = "cifar"
-  c.data.mean = common.CIFAR10_MEAN   # OpenMixup uses these for CIFAR-100 too
-  c.data.std = common.CIFAR10_STD
-
-  c.optimizer.lr = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.by_epoch = True
-  c.optimizer.min_lr = arg.min_lr
-
   c.mixer, c.switch = common.mixer_block(arg.mixer)
 
-  c.ema.enabled = arg.ema
-  c.ema.schedule = "cosine"
-  c.ema.momentum = 0.999
-  c.ema.end_momentum = 0.999999
+  common.automix_ema(c, enabled=arg.ema)
 
   c.checkpoint.every_steps = 5000
   c.checkpoint.keep = 3
 
   if arg.runlocal:
-    c.num_epochs = 2
-    c.batch_size = 16
-    c.model.width = 0.0625
-    c.data.images_per_class = 2
-    c.log_every_steps = 1
-    c.report_last_epochs = 2
-    c.checkpoint.every_steps = 10
+    common.shrink_for_local_run(c)
   return c

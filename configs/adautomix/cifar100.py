@@ -68,25 +68,9 @@ def base(*, model: str, epochs: int) -> mlc.ConfigDict:
   c = common.base_config()
   c.method = "adautomix"
   c.num_epochs = epochs
-  c.batch_size = 100
-  c.log_every_steps = 100
+  common.openmixup_cifar100(c, min_lr=0.05)
   c.model.name = model
-  c.data.name = "cifar100"
-  c.data.archive_path = ""
-  c.data.augment = "cifar"
-  c.data.mean = common.CIFAR10_MEAN   # OpenMixup's CIFAR-100 base uses these
-  c.data.std = common.CIFAR10_STD
-  c.optimizer.lr = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.by_epoch = True
-  c.optimizer.min_lr = 0.05
-  c.ema.enabled = True
-  c.ema.schedule = "cosine"
-  c.ema.momentum = 0.999
-  c.ema.end_momentum = 0.999999
-  c.ema.warmup_frac = 0.1
+  common.automix_ema(c)
   c.adautomix = adautomix_block()
   # {"shared": True}: the generator uses config.optimizer (one schedule); else
   # the keys given override config.optimizer for the generator's group.
@@ -104,11 +88,5 @@ def get_config(arg=None):
   c.adautomix.cosine_sign = arg.cosine_sign
   c.adautomix.teacher_bn = arg.teacher_bn
   if arg.runlocal:
-    c.num_epochs = 2
-    c.batch_size = 16
-    c.model.width = 0.0625
-    c.data.images_per_class = 2
-    c.log_every_steps = 1
-    c.report_last_epochs = 2
-    c.checkpoint.every_steps = 10
+    common.shrink_for_local_run(c)
   return c

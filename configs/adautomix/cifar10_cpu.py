@@ -25,23 +25,8 @@ def get_config(arg=None):
                          ema_end_momentum=0.99, mix_samples=3, cosine_sign=1.0,
                          teacher_bn="batch_stats")
   c = cifar100.base(model="cifar_resnet18", epochs=arg.epochs)
-  c.batch_size = arg.batch_size
-  c.eval_batch_size = 500
-  c.log_every_steps = 5
-  c.report_last_epochs = 2
-  c.model.width = arg.width
-  c.data.name = "cifar10_archive"
-  c.data.archive_path = "../shared/data/cifar10-jpeg.tar.gz"
-  c.data.images_per_class = arg.images_per_class
+  common.offline_cpu_run(c, arg)
   c.adautomix.mix_samples = arg.mix_samples
   c.adautomix.cosine_sign = arg.cosine_sign
   c.adautomix.teacher_bn = arg.teacher_bn
-  # A CPU run has ~60 iterations instead of ~400k: with the reference's
-  # 0.999 -> 0.999999 the teacher (which feeds the generator and is the reported
-  # variant) would stay at its initialisation. Its time constant 1/(1 - m) is
-  # scaled to the run instead; the cosine shape is kept.
-  c.ema.momentum = arg.ema_momentum
-  c.ema.end_momentum = arg.ema_end_momentum
-  c.checkpoint.every_steps = 20
-  c.checkpoint.keep = 2
   return c

@@ -59,35 +59,13 @@ def get_config(arg=None):
   c = common.base_config()
   c.method = "automix"
   c.num_epochs = arg.epochs
-  c.batch_size = 100
-  c.log_every_steps = 100
+  common.openmixup_cifar100(c, min_lr=0.05)
   c.model.name = MODELS[arg.model][0]
-  c.data.name = "cifar100"
-  c.data.archive_path = ""
-  c.data.augment = "cifar"
-  c.data.mean = common.CIFAR10_MEAN   # OpenMixup's CIFAR-100 base uses these
-  c.data.std = common.CIFAR10_STD
-  c.optimizer.lr = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
-  c.optimizer.by_epoch = True
-  c.optimizer.min_lr = 0.05
-  c.ema.enabled = True
-  c.ema.schedule = "cosine"
-  c.ema.momentum = 0.999
-  c.ema.end_momentum = 0.999999
-  c.ema.warmup_frac = 0.1
+  common.automix_ema(c)
   c.automix = automix_block()
   # The generator shares the classifier's optimizer and schedule (CIFAR).
   c.generator_optimizer = mlc.ConfigDict({"shared": True})
   c.checkpoint.every_steps = 5000
   if arg.runlocal:
-    c.num_epochs = 2
-    c.batch_size = 16
-    c.model.width = 0.0625
-    c.data.images_per_class = 2
-    c.log_every_steps = 1
-    c.report_last_epochs = 2
-    c.checkpoint.every_steps = 10
+    common.shrink_for_local_run(c)
   return c

@@ -27,22 +27,5 @@ def get_config(arg=None):
                          batch_size=50, ema_momentum=0.9,
                          ema_end_momentum=0.99)
   c = cifar100.get_config("epochs=%d" % arg.epochs)
-  c.batch_size = arg.batch_size
-  c.eval_batch_size = 500
-  c.log_every_steps = 5
-  c.report_last_epochs = 2
-  c.model.width = arg.width
-  c.data.name = "cifar10_archive"
-  c.data.archive_path = "../shared/data/cifar10-jpeg.tar.gz"
-  c.data.images_per_class = arg.images_per_class
-  c.data.mean = common.CIFAR10_MEAN
-  c.data.std = common.CIFAR10_STD
-  # A CPU run has ~60 iterations instead of ~400k: with the reference's
-  # 0.999 -> 0.999999 the teacher (which feeds the generator and is the reported
-  # variant) would stay at its initialisation. Its time constant 1/(1 - m) is
-  # scaled to the run instead; the cosine shape is kept.
-  c.ema.momentum = arg.ema_momentum
-  c.ema.end_momentum = arg.ema_end_momentum
-  c.checkpoint.every_steps = 20
-  c.checkpoint.keep = 2
+  common.offline_cpu_run(c, arg)
   return c
