@@ -8,50 +8,35 @@ module (module-scoped fixtures) to keep the file fast on a shared 2-core CPU.
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from automix_jax import sharding
 from automix_jax.train import _learned as L
 from automix_jax.train import adautomix
-from automix_jax.train import ema as ema_lib
 from configs.adautomix import cifar10_cpu
 
-B, HW, K = 8, 16, 4
-STEPS_PER_EPOCH = 10  # T = 20: momentum constant for t < 2, cosine after.
+from tests.learned._shared import B, HW, K, STEPS_PER_EPOCH  # noqa: F401
+from tests.learned import _shared as S
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def make_config(**block):
-  c = cifar10_cpu.get_config()
-  c.num_epochs = 2
-  c.batch_size = B
-  c.model.width = 1 / 32
-  c.ema.momentum, c.ema.end_momentum = 0.999, 0.999999   # the reference's
-  for k, v in block.items():
-    c.adautomix[k] = v
+  c = S.tiny(cifar10_cpu.get_config(), "adautomix", block)
   c.lock()
   return c
 
 
-def make_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  return {"image": jnp.asarray(rng.normal(size=(B, HW, HW, 3)), jnp.float32),
-          "label": jnp.asarray(rng.integers(0, K, B), jnp.int32)}
+make_batch = S.make_batch
+_leaves = S.leaves
 
 
 @pytest.fixture(scope="module")
 def setup():
-  method = adautomix.AdAutoMix(make_config(), num_classes=K,
-                               steps_per_epoch=STEPS_PER_EPOCH)
-  batch = make_batch()
-  state = method.init(jax.random.key(0), batch["image"][:2])
-  return method, state, batch
+  return S.setup(adautomix.AdAutoMix, make_config())
 
 
 def _probe(method, state, batch, key):
@@ -123,10 +108,6 @@ def probes(setup):
   even = fn(state, batch, key)
   odd = fn(state.replace(step=jnp.int32(1)), batch, key)
   return jax.device_get(even), jax.device_get(odd)
-
-
-def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_gradients_are_routed_to_disjoint_groups(probes):
@@ -272,18 +253,7 @@ def test_lambda_draws(setup):
 
 @pytest.fixture(scope="module")
 def sharded_run(setup):
-  method, state, batch = setup
-  mesh = sharding.make_mesh(jax.devices()[:8])
-  step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
-  st = sharding.replicate(state, mesh)
-  sb = sharding.shard_batch(batch, mesh)
-  key = sharding.replicate(jax.random.key(1), mesh)
-  states, metrics = [state], []
-  for _ in range(3):
-    st, m = step(st, sb, key)
-    states.append(jax.device_get(st))
-    metrics.append(jax.device_get(m))
-  return states, metrics
+  return S.run_sharded(*setup)
 
 
 def test_three_sharded_steps_train_and_trace_once(sharded_run):
@@ -310,17 +280,8 @@ def test_sharded_step_equals_unsharded(probes, sharded_run):
 def test_ema_teacher_is_exact_momentum_update(setup, sharded_run):
   method, _, _ = setup
   states, metrics = sharded_run
-  total = STEPS_PER_EPOCH * 2
-  ref = ema_lib.cosine_momentum_np(np.arange(3), total)
-  np.testing.assert_allclose([float(m["ema_momentum"]) for m in metrics], ref,
-                             rtol=1e-7)
+  ref = S.assert_ema_is_exact(method, states, metrics)
   assert ref[0] == ref[1] == 0.999 and ref[2] > 0.999
-  for t in range(3):
-    m, om = (np.float32(v) for v in method.momentum_fn(t))
-    want = jax.tree.map(lambda k, q: k * m + q * om, states[t].ema_params,
-                        states[t + 1].params["classifier"])
-    for g, w in zip(_leaves(states[t + 1].ema_params), _leaves(want)):
-      np.testing.assert_array_max_ulp(g, w.astype(np.float32), maxulp=1)
 
 
 def test_random_n_dispatches_to_a_branch_per_n(setup):
