@@ -112,8 +112,7 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
   order = jnp.argsort(flat, axis=-1, stable=True, descending=True)
   rank = jnp.argsort(order, axis=-1)
   cells = (rank < k[:, None]).astype(jnp.float32).reshape(batch_size, gh, gw)
-  mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
-                    axis=2)[..., None]
+  mask = C.cells_to_mask(cells, height, width)
 
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)

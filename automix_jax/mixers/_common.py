@@ -274,6 +274,15 @@ def per_sample(lam: Array, ndim: int) -> Array:
   return lam.reshape(lam.shape[:1] + (1,) * (ndim - 1))
 
 
+def cells_to_mask(cells: Array, height: int, width: int) -> Array:
+  """Grid-cell weights ``[B, gh, gw]`` -> pixel mask ``[B, H, W, 1]`` (each cell
+  an ``H/gh x W/gw`` block; the caller checks divisibility)."""
+  gh, gw = cells.shape[1:3]
+  mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
+                    axis=2)
+  return mask[..., None]
+
+
 def mask_to_lam(mask: Array) -> Array:
   """Mean own-image weight per sample: ``[B, ..., 1]`` -> ``[B]`` float32."""
   return jnp.mean(mask.astype(jnp.float32), axis=tuple(range(1, mask.ndim)))

@@ -104,8 +104,7 @@ def maskmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   num = 1 if lam_scope == "batch" else batch_size
   rank = jnp.argsort(jax.random.uniform(k_cells, (num, n)), axis=-1)
   cells = (rank < count[:, None]).astype(jnp.float32).reshape(-1, gh, gw)
-  mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
-                    axis=2)[..., None]
+  mask = C.cells_to_mask(cells, height, width)
 
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)
