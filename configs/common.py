@@ -141,7 +141,7 @@ def base_config() -> mlc.ConfigDict:
 
   c.ema = mlc.ConfigDict({"enabled": False, "momentum": 0.999,
                           "end_momentum": 0.999999, "schedule": "constant",
-                          "warmup_frac": 0.1})
+                          "warmup_frac": 0.1, "batch_stats": "forward"})
   c.checkpoint = mlc.ConfigDict({"every_steps": 500, "keep": 3})
   return c
 

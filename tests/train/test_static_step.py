@@ -224,6 +224,36 @@ def test_ema_follows_the_update_rule(ema_run):
     chex.assert_trees_all_close(new_ema, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("rule", ["forward", "copy"])
+def test_ema_batch_stats_rule(rule):
+  """"forward": the EMA model's own train-mode pass on the clean batch with
+  the updated EMA weights (as the learned teacher); "copy": online's stats."""
+  from automix_jax.train import static
+  config = tiny_config(**{"ema.enabled": True, "ema.schedule": "constant",
+                          "ema.momentum": 0.5, "ema.batch_stats": rule,
+                          "optimizer.lr": 0.05})
+  method = static.StaticMixing(config, num_classes=10, steps_per_epoch=3,
+                               mesh=sharding.make_mesh(jax.devices()[:1]))
+  key = jax.random.key(0)
+  state = jax.jit(method.init)(key, tiny_batch()["image"][:2])
+  state, _ = jax.jit(method.train_step)(state, tiny_batch(), key)  # moves EMA
+  batch = tiny_batch(seed=1)
+  prev_stats = jax.tree.map(np.asarray, state.ema_batch_stats)
+  new, _ = jax.jit(method.train_step)(state, batch, key)
+  if rule == "copy":
+    chex.assert_trees_all_equal(new.ema_batch_stats, new.batch_stats)
+    return
+  _, want = method.model.apply(
+      {"params": new.ema_params, "batch_stats": prev_stats}, batch["image"],
+      train=True, mutable=["batch_stats"])
+  chex.assert_trees_all_close(new.ema_batch_stats, want["batch_stats"],
+                              rtol=1e-5, atol=1e-6)
+  # ... and they are not the online model's statistics.
+  differs = jax.tree.map(lambda a, b: not np.allclose(a, b, atol=1e-6),
+                         new.ema_batch_stats, new.batch_stats)
+  assert any(jax.tree.leaves(differs))
+
+
 def test_bad_method_config_raises_before_compute():
   from automix_jax.train import static
   with pytest.raises(ValueError, match="unknown mixer"):
@@ -235,3 +265,6 @@ def test_bad_method_config_raises_before_compute():
   with pytest.raises(ValueError, match="label_smoothing"):
     static.StaticMixing(tiny_config(label_smoothing=1.5), num_classes=10,
                         steps_per_epoch=2)
+  with pytest.raises(ValueError, match="ema.batch_stats"):
+    static.StaticMixing(tiny_config(**{"ema.batch_stats": "average"}),
+                        num_classes=10, steps_per_epoch=2)
