@@ -380,7 +380,8 @@ class LearnedMixingBase:
                                     one_minus_m)
     if self.teacher_bn == "running":
       # Eval-mode teacher: it runs no train-mode pass of its own, so it uses a
-      # copy of the online running statistics (StaticMixing's EMA convention).
+      # copy of the online running statistics (StaticMixing's ema.batch_stats
+      # = "copy" rule).
       teacher_stats = batch_stats
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state,
