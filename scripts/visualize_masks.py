@@ -12,14 +12,20 @@ to 1 per pixel) or the partner mask ``s`` (AutoMix), and the mixed image.
     --config configs/adautomix/cifar10_cpu.py --workdir runs/cpu_adautomix \
     --out results/masks
 
-The functions (``load_method``, ``compute``, ``plot``) are used by
-notebooks/visualize_masks.ipynb.
+With ``--stats-num K`` (default 256) it also measures the masks of K test
+images and writes ``<method>_mask_stats.json`` beside the PNG (see
+``mask_statistics``): how far the masks are from a plain blend, from a hard
+whole-image pick, and from the label weights λ.
+
+The functions (``load_method``, ``compute``, ``plot``, ``mask_statistics``) are
+used by notebooks/visualize_masks.ipynb.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -134,6 +140,38 @@ def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
                          "lam": lam_arr})
 
 
+def mask_statistics(masks, lam, *, whole_image_area: float = 0.9) -> dict:
+  """Summary numbers of learned masks ``[B, N, H, W]`` (sum over N is 1 per pixel).
+
+  Keys (all means over samples):
+    ``dominance``: mean over pixels of ``max_i M_i``; 1/N for a uniform blend,
+      1.0 for a hard per-pixel pick.
+    ``spatial_std``: spatial std of each ``M_i``, averaged over i; 0 when every
+      mask is constant over the image (a global blend or a whole-image pick).
+    ``whole_image_frac``: fraction of samples where one source covers more than
+      ``whole_image_area`` of the mixed image (mean of its mask).
+    ``area_lam_gap``: mean |mask area - λ_i|, how far the pixel shares are from
+      the label weights (0 when the label describes the pixels).
+    ``area_mean``: mean mask area per source ``[N]``; ``lam``: the λ used.
+  """
+  masks = np.asarray(masks, np.float64)
+  lam = np.asarray(lam, np.float64)
+  if masks.ndim != 4 or lam.shape != (masks.shape[1],):
+    raise ValueError(f"`masks` must be [B, N, H, W] and `lam` [N]; got "
+                     f"{masks.shape} and {lam.shape}.")
+  area = masks.mean(axis=(2, 3))                      # [B, N]
+  return {
+      "num_samples": int(masks.shape[0]),
+      "num_sources": int(masks.shape[1]),
+      "dominance": float(masks.max(axis=1).mean()),
+      "spatial_std": float(masks.std(axis=(2, 3)).mean()),
+      "whole_image_frac": float((area.max(axis=1) > whole_image_area).mean()),
+      "area_lam_gap": float(np.abs(area - lam[None]).mean()),
+      "area_mean": [float(a) for a in area.mean(axis=0)],
+      "lam": [float(v) for v in lam],
+  }
+
+
 def _to_rgb(x, mean, std):
   return np.clip(np.asarray(x) * np.asarray(std) + np.asarray(mean), 0, 1)
 
@@ -170,14 +208,26 @@ def plot(result: dict, path: str, *, mean, std, title: str = "") -> str:
 
 
 def visualize(config_spec: str, out_dir: str, *, workdir: Optional[str] = None,
-              num: int = 6, seed: int = 0) -> str:
-  """One config -> one PNG in ``out_dir``; returns its path."""
+              num: int = 6, seed: int = 0, stats_num: int = 0) -> str:
+  """One config -> one PNG in ``out_dir`` (+ mask statistics of ``stats_num``
+  test images as JSON when > 0); returns the PNG's path."""
   config = load_config(config_spec)
-  images, _, num_classes = test_images(config, num, seed)
+  images, _, num_classes = test_images(config, max(num, stats_num), seed)
   method, state = load_method(config, num_classes, images, workdir=workdir,
                               seed=seed)
-  result = compute(method, state, images, seed=seed)
+  result = compute(method, state, images[:num], seed=seed)
   tag = "init" if workdir is None else f"step {int(state.step)}"
+  if stats_num:
+    stats = mask_statistics(
+        compute(method, state, images[:stats_num], seed=seed)["masks"],
+        result["lam"])
+    stats.update(method=config.method, step=int(state.step),
+                 workdir=workdir or "init")
+    stats_path = os.path.join(out_dir, f"{config.method}_mask_stats.json")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(stats_path, "w") as f:
+      json.dump(stats, f, indent=1)
+    print(json.dumps(stats))
   name = f"{config.method}_masks.png"
   return plot(result, os.path.join(out_dir, name), mean=config.data.mean,
               std=config.data.std, title=f"{config.method} ({tag})")
@@ -194,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--out", default="results/masks", help="output folder")
   parser.add_argument("--num", type=int, default=6, help="mixed samples (rows)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--stats-num", type=int, default=256,
+                      help="test images for <method>_mask_stats.json (0: none)")
   args = parser.parse_args(argv)
   if args.init == bool(args.workdir):
     parser.error("pass exactly one of --init or --workdir")
@@ -201,9 +253,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--workdir needs one directory per --config")
   if args.num < 3:
     parser.error("--num must be >= 3 (AdAutoMix mixes 3 images)")
+  if args.stats_num != 0 and args.stats_num < 3:
+    parser.error("--stats-num must be 0 or >= 3")
   workdirs = args.workdir or [None] * len(args.config)
   for spec, wd in zip(args.config, workdirs):
-    print(visualize(spec, args.out, workdir=wd, num=args.num, seed=args.seed))
+    print(visualize(spec, args.out, workdir=wd, num=args.num, seed=args.seed,
+                    stats_num=args.stats_num))
   return 0
 
 

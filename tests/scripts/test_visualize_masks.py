@@ -1,0 +1,58 @@
+"""scripts/visualize_masks.py: the mask statistics on masks of known form."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "visualize_masks", REPO / "scripts" / "visualize_masks.py")
+vm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vm)
+
+
+def _masks_from_area(area, hw=8):
+  """[B, N] areas -> spatially constant masks [B, N, hw, hw]."""
+  area = np.asarray(area, np.float64)
+  return np.broadcast_to(area[:, :, None, None], area.shape + (hw, hw))
+
+
+def test_uniform_blend():
+  lam = np.full(3, 1 / 3)
+  s = vm.mask_statistics(_masks_from_area(np.full((4, 3), 1 / 3)), lam)
+  assert s["dominance"] == pytest.approx(1 / 3)
+  assert s["spatial_std"] == pytest.approx(0.0)
+  assert s["whole_image_frac"] == 0.0
+  assert s["area_lam_gap"] == pytest.approx(0.0)
+
+
+def test_whole_image_pick_is_flagged():
+  area = np.eye(3)[[0, 1, 2, 0]]       # each sample: one source fills it
+  lam = np.array([0.5, 0.3, 0.2])
+  s = vm.mask_statistics(_masks_from_area(area), lam)
+  assert s["dominance"] == pytest.approx(1.0)
+  assert s["whole_image_frac"] == 1.0
+  assert s["spatial_std"] == pytest.approx(0.0)
+  # |1-.5|+.3+.2, .5+.7+.2, .5+.3+.8, then sample 0 again; mean over 12.
+  assert s["area_lam_gap"] == pytest.approx((1.0 + 1.4 + 1.6 + 1.0) / 12)
+  np.testing.assert_allclose(s["area_mean"], [0.5, 0.25, 0.25])
+
+
+def test_half_image_cut_has_spatial_structure():
+  m = np.zeros((2, 2, 4, 4))
+  m[:, 0, :, :2] = 1.0                  # left half from source 0
+  m[:, 1] = 1.0 - m[:, 0]
+  s = vm.mask_statistics(m, np.array([0.5, 0.5]))
+  assert s["dominance"] == pytest.approx(1.0)
+  assert s["spatial_std"] == pytest.approx(0.5)
+  assert s["whole_image_frac"] == 0.0
+  assert s["area_lam_gap"] == pytest.approx(0.0)
+
+
+def test_bad_shapes_raise():
+  with pytest.raises(ValueError, match="masks"):
+    vm.mask_statistics(np.zeros((2, 3, 4)), np.zeros(3))
+  with pytest.raises(ValueError, match="lam"):
+    vm.mask_statistics(np.zeros((2, 3, 4, 4)), np.zeros(2))
