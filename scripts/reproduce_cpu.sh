@@ -49,11 +49,14 @@
 # learned configs take them as `ema_momentum`/`ema_end_momentum` args; the
 # static config gets the same numbers through --config.ema.* overrides.
 #
-# Cost: 10 static + 4 learned runs. On 2 CPU cores at the defaults (10,000
-# training images, 200 steps/epoch) expect roughly 1-2 min per epoch for a
-# static mixer (training ~100-150 images/s plus a ~10 s test pass) and a few
-# times that for AutoMix / AdAutoMix; each run's summary.json records its wall
+# Cost, measured at the defaults on 2 CPU cores (results/reproduce_cpu.md):
+# 6.1-6.7 min per static run, 12.3-12.8 min per AutoMix run, 15.4-16.6 min per
+# AdAutoMix run; about 2 h for all 14. Each run's summary.json records its wall
 # time and images/s, and the report tabulates them.
+#
+# What is kept: the report, the curves, and a copy of every run's summary.json
+# and gzipped metrics.jsonl under RESULTS/runs/<method>_seed<k>/ (small enough
+# to commit; checkpoints stay under OUT).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -153,6 +156,13 @@ done
 report_cmd="$invocation"$'\n\n'"# per run (<m> in METHODS, <k> in SEEDS; shown for seed ${SEEDS%% *}):"
 for m in $METHODS; do report_cmd+=$'\n'"$(train_cmd "$m" "${SEEDS%% *}")"; done
 report_cmd+=$'\n'"$PYTHON scripts/summarize_runs.py $OUT --out $RESULTS.md --curves-dir $RESULTS --paper-table"
+for wd in "$OUT"/*_seed*/; do
+  finished "$wd" || continue
+  keep="$RESULTS/runs/$(basename "$wd")"
+  mkdir -p "$keep"
+  cp "$wd/summary.json" "$keep/summary.json"
+  [[ -f "$wd/metrics.jsonl" ]] && gzip -9 -c "$wd/metrics.jsonl" > "$keep/metrics.jsonl.gz"
+done
 "$PYTHON" scripts/summarize_runs.py "$OUT" --out "$RESULTS.md" \
   --curves-dir "$RESULTS" --paper-table --command "$report_cmd" \
   --title "CPU-scale reproduction: ${METHODS// /, } on CIFAR-10 ($IMAGES_PER_CLASS images/class, width $WIDTH, $EPOCHS epochs, seeds ${SEEDS// /,})" \
