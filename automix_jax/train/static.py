@@ -183,7 +183,7 @@ class StaticMixing:
       else:  # "forward": the EMA model's own running statistics.
         _, ema_vars = self.model.apply(
             {"params": ema_params, "batch_stats": state.ema_batch_stats},
-            jax.lax.stop_gradient(images), train=True,
+            images, train=True,
             mutable=["batch_stats"],
             rngs={"dropout": jax.random.fold_in(step_key, 2)})
         ema_batch_stats = ema_vars.get("batch_stats", {})

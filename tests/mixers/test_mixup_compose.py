@@ -191,12 +191,9 @@ def test_per_device_validation():
 
 
 def test_importing_the_mixers_costs_only_jax_and_numpy():
-  import subprocess
-  import sys
-  code = ("import sys, automix_jax, automix_jax.mixers; "
-          "heavy = [m for m in sys.modules if m.split('.')[0] in "
-          "('flax', 'optax', 'orbax', 'tensorflow_datasets', 'tensorflow', "
-          "'torch', 'ml_collections')]; print(heavy)")
-  out = subprocess.run([sys.executable, "-c", code], check=True,
-                       capture_output=True, text=True).stdout.strip()
-  assert out == "[]", out
+  from tests._imports import heavy_modules_loaded
+  heavy = heavy_modules_loaded(
+      "import automix_jax, automix_jax.mixers",
+      ("flax", "optax", "orbax", "tensorflow_datasets", "tensorflow", "torch",
+       "ml_collections"))
+  assert heavy == [], heavy
