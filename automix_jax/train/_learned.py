@@ -40,6 +40,8 @@ from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
 from automix_jax.train import state as state_lib
+from automix_jax.train import static
+from automix_jax.train.static import all_finite
 
 # Flax momentum of every BatchNorm in the model zoo (torch momentum 0.1,
 # docs/interfaces.md). The closed-form teacher running-stat update below relies
@@ -227,7 +229,6 @@ class LearnedMixingBase:
     self._read_block(block)
 
     if model is None:
-      from automix_jax.train import static  # Lazy; shares model building.
       model = static.build_model(config, num_classes, heads=("one", "mix"))
     self.model = model
     self.generator = self._build_generator(cfg_dict(get(block, "generator", {})))
@@ -413,9 +414,6 @@ class LearnedMixingBase:
     return out["logits"][head].astype(jnp.float32)
 
 
-def all_finite(*trees: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def random_perms(key: jax.Array, n: int, batch_size: int) -> jax.Array:

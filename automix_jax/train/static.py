@@ -72,8 +72,9 @@ def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
   return mixer
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+def all_finite(*trees: Any) -> jax.Array:
+  """True iff every leaf of every tree is finite (the loop's ``finite`` flag)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -171,7 +172,7 @@ class StaticMixing:
         "param_norm": optax.tree.norm(params),
         "lr": self.lr_fn(state.step),
         "lam_mean": jnp.mean(aux["lam"]),
-        "finite": jnp.logical_and(_all_finite(grads), jnp.isfinite(loss)),
+        "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss)),
     }
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
