@@ -43,14 +43,28 @@ Typical use in a training loop:
   ckpt.save(last_step, state, extra, force=True)
   ckpt.close()      # waits for the asynchronous write to finish.
 
+The JSON `extra` (data-iterator position, history, config fingerprint) is
+covered too: its canonical JSON text gets a CRC32 under the reserved key
+`"_extra_checksum"`, so an edited data position is detected like a damaged
+array instead of resuming silently on other batches.
+
 Multi-host: all processes must call `save`/`restore_latest` (orbax
-synchronises them). Checksums cover only fully addressable arrays (all of them
-on a single host; replicated ones on many hosts). Moving a corrupt step aside
-is done by process 0 only; other processes re-read the step list afterwards.
+synchronises them). Checksums are computed by every process over the shards it
+holds: a replicated array (the training state) is checksummed from the local
+copy, which equals the whole value; for an array sharded across processes each
+process checksums its own shards and the tables are merged across processes
+before process 0 writes them. On restore every process verifies the copies it
+holds, and the processes agree on the verdict (one bad copy anywhere rejects
+the step everywhere), so all of them resume from the same step. Moving a
+corrupt step aside is done by process 0, followed by a barrier.
+
+Paths: `directory` may be a local path or any `etils.epath` URL that orbax
+accepts (`gs://bucket/run/checkpoints`); local paths are made absolute.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -58,13 +72,16 @@ from typing import Any, Mapping
 import warnings
 import zlib
 
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "abstract_like"]
+__all__ = ["Checkpointer", "abstract_like", "as_path"]
 
 _CHECKSUM_KEY = "_checksums"
+_EXTRA_CHECKSUM_KEY = "_extra_checksum"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 _TMP_RE = re.compile(r"^(?:.*_)?(\d+)\.orbax-checkpoint-tmp.*$")
 
@@ -92,27 +109,113 @@ def _is_key_dtype(dtype) -> bool:
   return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _leaf_checksum(x) -> str | None:
-  """`dtype:shape:crc32` of an array leaf's bytes; None if not addressable."""
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """An `epath.Path` for a local path (made absolute) or a cloud URL."""
+  text = os.fspath(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(text))
+
+
+def _crc(a) -> str:
+  a = np.ascontiguousarray(np.asarray(a))
+  return f"{zlib.crc32(a.tobytes()) & 0xFFFFFFFF:08x}"
+
+
+def _host_value(x):
+  """numpy value of a local jax.Array / array-like (typed keys as key data)."""
+  if isinstance(x, jax.Array) and _is_key_dtype(x.dtype):
+    x = jax.random.key_data(x)
+  # Explicit transfer: works under jax_transfer_guard("disallow").
+  return np.asarray(jax.device_get(x) if isinstance(x, jax.Array) else x)
+
+
+def _index_str(index) -> str:
+  return ",".join(f"{s.start or 0}:{'' if s.stop is None else s.stop}"
+                  for s in index)
+
+
+def _leaf_checksum(x) -> str:
+  """`dtype:shape:<crc32>` of an array leaf's bytes, from this process's copy.
+
+  A fully addressable or fully replicated array is checksummed whole (a
+  replicated one from its first local copy). An array sharded across processes
+  gives `dtype:shape:<index>=<crc32>;...` over the shards this process holds
+  (merged across processes by `_merge_shard_tables`).
+  """
   if isinstance(x, jax.Array):
-    if not x.is_fully_addressable:
-      return None
-    dtype = str(x.dtype)
-    if _is_key_dtype(x.dtype):
-      x = jax.random.key_data(x)
-    # Explicit transfer: works under jax_transfer_guard("disallow").
-    x = jax.device_get(x)
-  else:
-    dtype = str(np.asarray(x).dtype)
-  a = np.ascontiguousarray(np.asarray(x))
-  crc = zlib.crc32(a.tobytes()) & 0xFFFFFFFF
-  return f"{dtype}:{list(a.shape)}:{crc:08x}"
+    dtype, shape = str(x.dtype), list(x.shape)
+    if x.is_fully_addressable:
+      return f"{dtype}:{shape}:{_crc(_host_value(x))}"
+    if x.is_fully_replicated:
+      return f"{dtype}:{shape}:{_crc(_host_value(x.addressable_data(0)))}"
+    parts = {}
+    for shard in x.addressable_shards:
+      key = _index_str(shard.index)
+      if key not in parts:
+        parts[key] = _crc(_host_value(shard.data))
+    return f"{dtype}:{shape}:" + ";".join(f"{k}={v}" for k, v in
+                                          sorted(parts.items()))
+  a = np.asarray(x)
+  return f"{a.dtype}:{list(a.shape)}:{_crc(a)}"
 
 
-def _checksums(tree: Any) -> dict[str, str | None]:
+def _merge_shard_tables(table: dict[str, str]) -> dict[str, str]:
+  """Unites the per-process shard checksums of arrays sharded across hosts."""
+  if jax.process_count() == 1 or not any("=" in v for v in table.values()):
+    return table
+  blob = np.frombuffer(json.dumps(table).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(
+      np.array([blob.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  shards: dict[str, dict[str, str]] = {}
+  for row, size in zip(rows, sizes):
+    for key, value in json.loads(bytes(row[:int(size)]).decode()).items():
+      head, _, tail = value.rpartition(":")
+      if "=" in tail:
+        for part in tail.split(";"):
+          index, _, crc = part.partition("=")
+          shards.setdefault(key, {}).setdefault(index, crc)
+  out = dict(table)
+  for key, parts in shards.items():
+    head = table[key].rpartition(":")[0]
+    out[key] = f"{head}:" + ";".join(f"{i}={c}" for i, c in
+                                     sorted(parts.items()))
+  return out
+
+
+def _local_checksums(tree: Any) -> dict[str, str]:
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {jax.tree_util.keystr(path): _leaf_checksum(leaf)
           for path, leaf in leaves}
+
+
+def _checksum_matches(actual: str, expected: str) -> bool:
+  """This process's checksum agrees with the recorded one (its shards only)."""
+  if actual == expected:
+    return True
+  a_head, _, a_tail = actual.rpartition(":")
+  e_head, _, e_tail = expected.rpartition(":")
+  if "=" not in a_tail or a_head != e_head:
+    return False
+  recorded = dict(p.partition("=")[::2] for p in e_tail.split(";"))
+  return all(recorded.get(i) == c for i, c in
+             (p.partition("=")[::2] for p in a_tail.split(";")))
+
+
+def _extra_checksum(extra: Mapping[str, Any]) -> str:
+  text = json.dumps(extra, sort_keys=True, separators=(",", ":"))
+  return f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True iff `ok` on every process (a collective when multi-process)."""
+  if jax.process_count() == 1:
+    return ok
+  flags = multihost_utils.process_allgather(np.array([ok], np.bool_))
+  return bool(np.all(flags))
 
 
 def _to_jsonable(obj: Any, where: str) -> Any:
@@ -165,7 +268,7 @@ class Checkpointer:
     if not isinstance(save_interval_steps, int) or save_interval_steps < 1:
       raise ValueError("save_interval_steps: expected an int >= 1, got "
                        f"{save_interval_steps!r}.")
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = as_path(directory)
     self._checksums = bool(checksums)
     self._closed = False
     self._warn_tmp_dirs()
@@ -205,7 +308,7 @@ class Checkpointer:
       step: training step (int >= 0, or an int32 scalar array).
       state: pytree of arrays (see the module docstring).
       extra: JSON dict (str keys; numpy/jax scalars are converted) or None.
-        The key `"_checksums"` is reserved.
+        The keys `"_checksums"` and `"_extra_checksum"` are reserved.
       force: save even if `step` is not a multiple of `save_interval_steps`.
 
     Returns:
@@ -220,8 +323,9 @@ class Checkpointer:
     if not isinstance(extra, Mapping):
       raise ValueError(
           f"extra: expected a dict (or None), got {type(extra).__name__}.")
-    if _CHECKSUM_KEY in extra:
-      raise ValueError(f"extra: the key {_CHECKSUM_KEY!r} is reserved.")
+    for reserved in (_CHECKSUM_KEY, _EXTRA_CHECKSUM_KEY):
+      if reserved in extra:
+        raise ValueError(f"extra: the key {reserved!r} is reserved.")
     extra = _to_jsonable(extra, "extra")
     latest = self._manager.latest_step()
     if latest is not None and step <= latest:
@@ -229,7 +333,9 @@ class Checkpointer:
     if not force and not self._manager.should_save(step):
       return False
     if self._checksums:
-      extra[_CHECKSUM_KEY] = _checksums(state)
+      table = _merge_shard_tables(_local_checksums(state))
+      extra[_EXTRA_CHECKSUM_KEY] = _extra_checksum(extra)
+      extra[_CHECKSUM_KEY] = table
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               extra=ocp.args.JsonSave(extra))
     return bool(self._manager.save(step, args=args, force=True))
@@ -265,21 +371,28 @@ class Checkpointer:
       return None
     failures = []
     for step in steps:
+      error = None
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 extra=ocp.args.JsonRestore()))
         state, extra = restored.state, dict(restored.extra or {})
-        self._verify(step, state, extra.pop(_CHECKSUM_KEY, None))
+        self._verify(step, state, extra.pop(_CHECKSUM_KEY, None),
+                     extra.pop(_EXTRA_CHECKSUM_KEY, None), extra)
       except Exception as e:  # pylint: disable=broad-except
         # Orbax/tensorstore raise many types (ValueError, JSONDecodeError,
         # FileNotFoundError, plain Exception) for damaged files.
-        failures.append((step, e))
+        error = e
+      if not _all_processes_agree(error is None) and error is None:
+        error = ValueError(f"checkpoint step {step} failed to restore or "
+                           "verify on another process.")
+      if error is not None:
+        failures.append((step, error))
         warnings.warn(
             f"Checkpoint step {step} in {self.directory} is unreadable or "
-            f"corrupt ({type(e).__name__}: {str(e)[:300]}); trying an earlier "
-            "step.", RuntimeWarning, stacklevel=2)
+            f"corrupt ({type(error).__name__}: {str(error)[:300]}); trying an "
+            "earlier step.", RuntimeWarning, stacklevel=2)
         continue
       for bad_step, _ in failures:
         self._quarantine(bad_step)
@@ -341,46 +454,56 @@ class Checkpointer:
       return x
     return jax.tree_util.tree_map_with_path(one, abstract_state)
 
-  def _verify(self, step, state, expected):
-    if not self._checksums or expected is None:
+  def _verify(self, step, state, expected, extra_expected, extra):
+    if not self._checksums:
       return
-    actual = _checksums(state)
+    if extra_expected is not None and _extra_checksum(extra) != extra_expected:
+      raise ValueError(
+          f"checksum mismatch in step {step}: the JSON `extra` (data position, "
+          "history, config fingerprint) was changed after it was saved.")
+    if expected is None:
+      return
+    actual = _local_checksums(state)
     if set(actual) != set(expected):
       raise ValueError(
           f"checksum table of step {step} does not match the state's leaves "
           f"(missing {sorted(set(expected) - set(actual))[:5]}, unexpected "
           f"{sorted(set(actual) - set(expected))[:5]}).")
     bad = [k for k, v in actual.items()
-           if v is not None and expected[k] is not None and v != expected[k]]
+           if expected[k] is not None and not _checksum_matches(v, expected[k])]
     if bad:
       raise ValueError(f"checksum mismatch in step {step} at leaves {bad[:5]}.")
 
   def _quarantine(self, step: int) -> None:
     """Moves a corrupt step directory aside so it no longer counts as latest."""
-    if jax.process_index() != 0:
-      return
-    src = os.path.join(self.directory, str(step))
-    if not os.path.isdir(src):
+    if jax.process_index() == 0:
+      self._move_aside(step)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"automix_quarantine_{step}")
+
+  def _move_aside(self, step: int) -> None:
+    src = self.directory / str(step)
+    if not src.is_dir():
       return
     # "<step>.corrupt" is neither a digit string nor "<prefix>_<digits>", so
     # orbax does not list it as a step.
-    dst = src + ".corrupt"
+    dst = self.directory / f"{step}.corrupt"
     n = 0
-    while os.path.exists(dst):
+    while dst.exists():
       n += 1
-      dst = f"{src}.corrupt.{n}"
+      dst = self.directory / f"{step}.corrupt.{n}"
     try:
-      os.rename(src, dst)
+      src.rename(dst)
       logging.warning("Moved corrupt checkpoint step %d to %s.", step, dst)
     except OSError as e:
       warnings.warn(f"Could not move corrupt checkpoint step {step} aside "
                     f"({e}); it will stay the latest step on disk.",
-                    RuntimeWarning, stacklevel=3)
+                    RuntimeWarning, stacklevel=4)
 
   def _warn_tmp_dirs(self):
-    if not os.path.isdir(self.directory):
+    if not self.directory.is_dir():
       return
-    for name in sorted(os.listdir(self.directory)):
+    for name in sorted(p.name for p in self.directory.iterdir()):
       if _TMP_MARK in name:
         m = _TMP_RE.match(name)
         what = f"step {m.group(1)}" if m else name

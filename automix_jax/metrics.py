@@ -24,7 +24,13 @@ Python-json tokens `NaN`/`Infinity`), ints, bools or strings. Keys:
 
 A resumed run appends to the same file, so steps logged after the last
 checkpoint of the interrupted run can appear twice; readers keep the last
-line of each step (`load_metrics` in `scripts/plot_run.py` does).
+line of each step (`load_metrics` in `scripts/plot_run.py` does). A run killed
+in the middle of a write leaves a last line without its newline: the next
+writer cuts that fragment off (with a warning) before appending, so the file
+stays one JSON object per line.
+
+`workdir` may be a local path or an `etils.epath` URL (`gs://...`); appending
+needs a backend that supports append mode.
 
 `<workdir>/summary.json` holds the final summary dict (written atomically by
 `MetricWriter.write_summary`).
@@ -33,11 +39,13 @@ line of each step (`load_metrics` in `scripts/plot_run.py` does).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from typing import Any, Iterable, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -112,13 +120,14 @@ class MetricWriter:
                enabled: bool | None = None):
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
       raise ValueError(f"workdir: expected a non-empty path, got {workdir!r}.")
-    self.workdir = os.fspath(workdir)
+    self.workdir = epath.Path(workdir)
     self.enabled = _is_chief() if enabled is None else bool(enabled)
-    self.path = os.path.join(self.workdir, METRICS_FILE)
+    self.path = self.workdir / METRICS_FILE
     self._f = None
     if self.enabled:
-      os.makedirs(self.workdir, exist_ok=True)
-      self._f = open(self.path, "a", encoding="utf-8")
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      _drop_partial_last_line(self.path)
+      self._f = self.path.open("a")
 
   def __enter__(self) -> "MetricWriter":
     return self
@@ -165,21 +174,35 @@ class MetricWriter:
     text = json.dumps(to_jsonable(summary), indent=1, sort_keys=True)
     if not self.enabled:
       return None
-    os.makedirs(self.workdir, exist_ok=True)
-    path = os.path.join(self.workdir, SUMMARY_FILE)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    path = self.workdir / SUMMARY_FILE
+    tmp = self.workdir / f"{SUMMARY_FILE}.tmp.{os.getpid()}"
+    with tmp.open("w") as f:
       f.write(text + "\n")
       f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers never see half a file
-    return path
+      if hasattr(f, "fileno"):
+        os.fsync(f.fileno())
+    tmp.replace(path)  # atomic on POSIX: readers never see half a file
+    return str(path)
 
   def close(self) -> None:
     """Closes the file (idempotent)."""
     if self._f is not None:
       self._f.close()
       self._f = None
+
+
+def _drop_partial_last_line(path: epath.Path) -> None:
+  """Cuts a last line left without its newline by a killed writer."""
+  if not path.exists():
+    return
+  data = path.read_bytes()
+  if not data or data.endswith(b"\n"):
+    return
+  keep = data[:data.rfind(b"\n") + 1]
+  logging.warning("%s: dropping an incomplete last line (%d bytes) left by an "
+                  "interrupted run before appending.", path, len(data) - len(keep))
+  path.write_bytes(keep)
 
 
 def check_finite(step: int, scalars: Mapping[str, Any],

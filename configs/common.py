@@ -137,7 +137,10 @@ def base_config() -> mlc.ConfigDict:
   c.label_smoothing = 0.0
 
   c.mixer, c.switch = mixer_block("mixup")
+  # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners
+  # and λ drawn inside each device's shard; BatchNorm statistics per device.
   c.per_device_mixing = False
+  c.per_device_batch_stats = False
 
   c.ema = mlc.ConfigDict({"enabled": False, "momentum": 0.999,
                           "end_momentum": 0.999999, "schedule": "constant",

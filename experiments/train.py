@@ -5,13 +5,15 @@ r"""Trains and evaluates one config: ``python -m experiments.train``.
 
 The config is locked (``lock_config=True``): an override of a key that does not
 exist (a typo) is an error before anything runs. A workdir with a checkpoint is
-resumed. Multi-process launches (TPU pod slices, multi-node GPU) call
-``jax.distributed.initialize()`` first; see docs/training.md.
+resumed. Multi-process launches (TPU pod slices, SLURM / Open MPI, or the
+explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables
+that scripts/launch_local_pod.sh sets) initialise ``jax.distributed`` first
+(``automix_jax.multihost``); see docs/training.md.
 """
 
 import json
 import logging
-import os
+import sys
 
 from absl import app
 from absl import flags
@@ -23,26 +25,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output/resume directory.")
 _MULTI = flags.DEFINE_enum(
     "multi_process", "auto", ["auto", "true", "false"],
-    "Call jax.distributed.initialize(): auto = when launched by a "
-    "multi-process launcher (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, TPU "
-    "pod env vars).")
+    "Initialise jax.distributed: auto = when the environment shows a "
+    "multi-process launch (JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + "
+    "JAX_PROCESS_ID, SLURM, Open MPI, a TPU pod slice); see docs/training.md.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout_s", 300,
+    "Seconds a process waits for all processes to connect before it aborts.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-_MULTI_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-
-
-def launched_multi_process(env=os.environ) -> bool:
-  """True when the environment says this is one of several processes."""
-  if any(env.get(k) for k in _MULTI_ENV):
-    return True
-  for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES"):
-    try:
-      if int(env.get(k, "1")) > 1:
-        return True
-    except ValueError:
-      pass
-  hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) > 1
 
 
 class _QuietOrbax(logging.Filter):
@@ -58,12 +47,13 @@ def main(argv):
   from absl import logging as absl_logging
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   import jax  # after flag parsing
-  multi = _MULTI.value
-  if multi == "true" or (multi == "auto" and launched_multi_process()):
-    jax.distributed.initialize()  # reads the launcher's env (TPU/SLURM/MPI)
-  logging.info("process %d/%d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  from automix_jax import multihost
+  try:
+    multihost.initialize(_MULTI.value, timeout_s=_INIT_TIMEOUT.value)
+  except multihost.LaunchError as e:
+    sys.exit(f"experiments.train: bad multi-process launch: {e}")
+  # First line of every process: who it is and what it sees.
+  print(multihost.process_line(), file=sys.stderr, flush=True)
   from automix_jax.train import loop
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:

@@ -36,7 +36,7 @@ ARCHIVE_NAME = "cifar10_archive"
 __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
     "TfdsSource", "TrainIterator", "augment_from_config", "augment_jax",
-    "build_sources", "eval_batches", "eval_transform", "load_cifar10_archive",
+    "build_sources", "eval_batches", "fingerprint", "eval_transform", "load_cifar10_archive",
     "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
     "resize_jax", "subset_per_class",
 ]
@@ -103,3 +103,20 @@ def build_sources(data_config):
       train = ArraySource(x_tr, y_tr, num_classes=train.num_classes)
   logging.info("build_sources(%s): train %r, test %r", name, train, test)
   return train, test
+
+
+def fingerprint(*sources) -> str:
+  """Identifies the examples behind ``sources`` (train, test, ...).
+
+  A resumed run compares it with the checkpoint's, so that a changed
+  ``data.archive_path`` (which may legitimately move) cannot silently continue
+  on other images. Sources without a ``fingerprint()`` method are described by
+  their type, length, image shape and class count.
+  """
+  parts = []
+  for src in sources:
+    fn = getattr(src, "fingerprint", None)
+    parts.append(fn() if callable(fn) else
+                 f"{type(src).__name__}:{len(src)}:{tuple(src.image_shape)}:"
+                 f"{src.num_classes}")
+  return "|".join(parts)

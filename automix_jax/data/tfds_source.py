@@ -54,6 +54,10 @@ class TfdsSource:
                                 else int(num_examples_global))
     self._batched = hasattr(data_source, "__getitems__")
 
+  def fingerprint(self) -> str:
+    """Dataset name, split and size (TFDS versions its data itself)."""
+    return f"tfds:{self.name}:{self.split}:{len(self)}"
+
   def __len__(self) -> int:
     return len(self._ds)
 

@@ -214,6 +214,13 @@ class LearnedMixingBase:
     self.total_steps = self.steps_per_epoch * self.num_epochs
     self.mesh = mesh
     self.batch_size = check_int(int(config.batch_size), "batch_size", minimum=2)
+    if config.get("per_device_mixing", False):
+      raise ValueError(
+          f"`per_device_mixing=True` is for static mixers; {self.block_name}'s "
+          "generator mixes each sample with partners drawn over the global "
+          "batch (as the reference's single-GPU CIFAR runs). Use "
+          "per_device_batch_stats for DDP-style BatchNorm.")
+    self.bn_groups = static.bn_groups(config, mesh)
     block = config.get(self.block_name, None)
     if block is None:
       raise ValueError(f"config.method={self.block_name!r} needs a "
@@ -329,10 +336,9 @@ class LearnedMixingBase:
 
   def online_apply(self, params, batch_stats, images, key):
     """Train-mode online forward: ``(out, new_batch_stats)``."""
-    out, upd = self.model.apply({"params": params, "batch_stats": batch_stats},
-                                images, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": key})
-    return out, upd.get("batch_stats", batch_stats)
+    return static.train_apply(
+        self.model, {"params": params, "batch_stats": batch_stats}, images,
+        rngs={"dropout": key}, groups=self.bn_groups)
 
   def teacher_apply(self, params, batch_stats, images, key):
     """EMA-teacher forward: ``(out, new_batch_stats)``.

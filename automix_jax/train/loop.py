@@ -22,6 +22,7 @@ evals, loop) on top of a pluggable *method* (``automix_jax.train.methods``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -82,7 +83,7 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
       raise FileNotFoundError(
           f"`config.data.archive_path` {path!r} does not exist (cwd "
           f"{os.getcwd()!r}). Point it at cifar10-jpeg.tar.gz, e.g. "
-          "--config.data.archive_path=/work/shared/data/cifar10-jpeg.tar.gz.")
+          "--config.data.archive_path=path/to/cifar10-jpeg.tar.gz.")
 
 
 # ---------------------------------------------------------------------------
@@ -115,13 +116,13 @@ class _Evaluator:
     self._method = method
     self._num_bins = num_bins
     self._fns = {}
-    self._repl = sharding.replicated(mesh)
+    self.replicated = sharding.replicated(mesh)
 
   def _fn(self, head):
     if head not in self._fns:  # one compile per head, shared by variants
       self._fns[head] = jax.jit(
           functools.partial(_eval_sums, self._method.predict, head,
-                            self._num_bins), out_shardings=self._repl)
+                            self._num_bins), out_shardings=self.replicated)
     return self._fns[head]
 
   def batches(self):
@@ -235,192 +236,332 @@ def check_resumable(saved: dict | None, config: Any, workdir: str) -> None:
         "--workdir, or the original config.")
 
 
+def check_same_data(saved: str | None, now: str, workdir: str) -> None:
+  """Refuses to resume on other data than the checkpoint was trained on.
+
+  ``data.archive_path`` may move between a run and its resumption (it is not
+  part of the config fingerprint), but the examples must be the same: a resume
+  on another archive would continue the schedule on other images.
+  """
+  if saved is not None and saved != now:
+    raise ValueError(
+        f"workdir {workdir!r} holds a checkpoint trained on other data "
+        f"(data fingerprint {saved} in the checkpoint, {now} now): the "
+        "archive or dataset behind config.data changed. Point config.data at "
+        "the original data, or use a new --workdir.")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Trains ``config.method`` and evaluates it; returns (and writes) a summary.
 
+  The stages, in order: process and mesh set-up, input, method, state (init or
+  restore), the train loop with its eval / checkpoint / pre-emption hooks,
+  final evaluations and the summary.
+
   Args:
     config: a (locked) ConfigDict as in docs/config_schema.md.
-    workdir: output folder: ``checkpoints/`` (state + data-iterator state +
+    workdir: output folder, local or any ``etils.epath`` URL orbax accepts
+      (``gs://bucket/run``): ``checkpoints/`` (state + data-iterator state +
       eval history), the metrics JSONL, ``summary.json``. An existing
       checkpoint there is resumed.
 
   Returns:
     The summary dict (also written to ``workdir/summary.json`` by process 0).
     With ``config.stop_after_steps > 0`` the run stops (and checkpoints) at that
-    step and the summary has ``"stopped_at_step"``.
+    step and the summary has ``"stopped_at_step"``; a SIGTERM (pre-emption)
+    does the same at the next step boundary and adds ``"preempted": True``.
 
   Raises:
     ValueError, FileNotFoundError: bad config, before any compute.
-    NonFiniteError: a non-finite loss or gradient, naming the first bad step;
-      the last checkpoint (all-finite) is kept.
+    NonFiniteError: a non-finite loss, gradient or state, naming the first bad
+      step; every checkpoint on disk holds a state verified all-finite.
   """
-  from automix_jax import checkpoint as ckpt_lib
-  from automix_jax import data as data_lib
-
   t_start = time.time()
+  run = _set_up(config, workdir)
+  data = _Input(config, run.mesh)
+  method = methods.get(config.method)(
+      config, num_classes=data.num_classes,
+      steps_per_epoch=data.steps_per_epoch, mesh=run.mesh)
+  trainer = _Trainer(config, run, data, method)
+  try:
+    trainer.init_or_restore()
+    trainer.train()
+    trainer.wait_for_checkpoints()
+    summary = trainer.summary()  # + final evaluations at the end of training
+    summary["wall_time_s"] = time.time() - t_start
+    trainer.writer.write_summary(summary)
+  finally:
+    trainer.close()
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# Stages.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+  """Process-level facts every stage needs."""
+  mesh: jax.sharding.Mesh
+  workdir: Any  # epath.Path
+  is_chief: bool
+  eval_batch_size: int
+
+
+def _set_up(config: Any, workdir: str) -> _Run:
+  """Mesh over every device of every process, config checks, the workdir."""
+  from automix_jax import checkpoint as ckpt_lib
   mesh = sharding.make_mesh()
   validate_config(config, mesh)
-  eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
-  workdir = os.path.abspath(workdir)
+  path = ckpt_lib.as_path(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
-    os.makedirs(workdir, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+  eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
+  return _Run(mesh=mesh, workdir=path, is_chief=is_chief,
+              eval_batch_size=eval_bs)
 
-  # ---- input ----
-  train_source, test_source = data_lib.build_sources(config.data)
-  batch_sh = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  train_aug = data_lib.augment_from_config(config.data, train=True)
-  train_iter = data_lib.TrainIterator(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      augment=train_aug, sharding=batch_sh)
-  steps_per_epoch = train_iter.steps_per_epoch
-  total_steps = steps_per_epoch * config.num_epochs
 
-  # ---- method / model ----
-  method = methods.get(config.method)(
-      config, num_classes=int(train_source.num_classes),
-      steps_per_epoch=steps_per_epoch, mesh=mesh)
-  root = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(root)
-  sample = jnp.zeros((2, *train_aug.output_shape(train_source.image_shape)),
-                     jnp.float32)
+class _Input:
+  """Sources, the resumable train iterator and the data fingerprint."""
 
-  # ---- shard ----
-  abstract = jax.eval_shape(method.init, init_key, sample)
-  state_sh = sharding.state_shardings(abstract, mesh)
-  init_fn = jax.jit(method.init, out_shardings=state_sh)
-  train_step = jax.jit(method.train_step,
-                       in_shardings=(state_sh, batch_sh, repl),
-                       out_shardings=(state_sh, repl), donate_argnums=0)
-  train_key = jax.device_put(train_key, repl)
+  def __init__(self, config: Any, mesh: jax.sharding.Mesh):
+    from automix_jax import data as data_lib
+    self.train_source, self.test_source = data_lib.build_sources(config.data)
+    self.num_classes = int(self.train_source.num_classes)
+    self.augment = data_lib.augment_from_config(config.data, train=True)
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.train_iter = data_lib.TrainIterator(
+        self.train_source, global_batch_size=config.batch_size,
+        seed=config.seed, augment=self.augment, sharding=self.batch_sharding)
+    self.steps_per_epoch = self.train_iter.steps_per_epoch
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.fingerprint = data_lib.fingerprint(self.train_source,
+                                            self.test_source)
 
-  # ---- checkpoint / resume ----
-  every = config.checkpoint.every_steps
-  ckpt = ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep,
-      save_interval_steps=every or total_steps)
-  abstract_sharded = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, state_sh)
-  restored = ckpt.restore_latest(abstract_sharded)
-  history: list[dict] = []
-  if restored is not None:
-    _, state, extra = restored
-    check_resumable(extra.get("config"), config, workdir)
-    train_iter.set_state(extra["data"])
-    history = list(extra.get("history", []))
-    logging.info("Resumed from step %d.", int(jax.device_get(state.step)))
-  else:
-    state = init_fn(init_key, sample)
+  def sample_shape(self) -> tuple:
+    return (2, *self.augment.output_shape(self.train_source.image_shape))
 
-  # ---- evals / writers ----
-  evaluator = _Evaluator(method, test_source, batch_size=eval_bs, mesh=mesh,
-                         data_config=config.data,
-                         num_bins=config.final_evals.ece_bins)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
-  write = writer.write
 
-  # ---- loop ----
-  step = int(jax.device_get(state.step))
-  first_step = step
-  stop_at = config.get("stop_after_steps", 0) or total_steps
-  stop_at = min(stop_at, total_steps)
-  pending: list[tuple[int, dict]] = []
-  last_good = {"step": ckpt.latest_step()}
+def _nonfinite_leaves(tree: Any) -> jax.Array:
+  """Per float leaf: False where the leaf holds a NaN or an infinity."""
+  return jax.tree.map(
+      lambda x: (jnp.all(jnp.isfinite(x))
+                 if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)),
+      tree)
 
-  def save(step, force):
-    saved = ckpt.save(step, state, {"data": train_iter.get_state(),
-                                    "history": history,
-                                    "config": resume_fingerprint(config)},
-                      force=force)
-    if saved:
-      last_good["step"] = step
 
-  def flush():
-    """Fetches pending step metrics, checks finiteness, writes one log line."""
-    if not pending:
+class _Trainer:
+  """The train loop with its hooks; state lives here between stages."""
+
+  def __init__(self, config, run: _Run, data: _Input, method):
+    from automix_jax import checkpoint as ckpt_lib
+    from automix_jax import multihost
+    self.config, self.run, self.data, self.method = config, run, data, method
+    mesh = run.mesh
+    repl = sharding.replicated(mesh)
+    sample_shape = data.sample_shape()
+
+    def init(key):
+      return method.init(key, jnp.zeros(sample_shape, jnp.float32))
+
+    # Keys and the initial state are built under jit with global output
+    # shardings: a device_put onto a mesh that spans other processes' devices
+    # is not allowed, and this is the same program on every process.
+    self.init_key, self.train_key = jax.jit(
+        lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+        out_shardings=(repl, repl))()
+    abstract = jax.eval_shape(init, self.init_key)
+    self.state_sh = sharding.state_shardings(abstract, mesh)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, self.state_sh)
+    self.init_fn = jax.jit(init, out_shardings=self.state_sh)
+    self.train_step = jax.jit(
+        method.train_step, in_shardings=(self.state_sh, data.batch_sharding,
+                                         repl),
+        out_shardings=(self.state_sh, repl), donate_argnums=0)
+    self.finite_leaves = jax.jit(_nonfinite_leaves, out_shardings=repl)
+    # The loop decides when to save (every_steps, the end, pre-emption).
+    self.ckpt = ckpt_lib.Checkpointer(run.workdir / "checkpoints",
+                                      max_to_keep=config.checkpoint.keep)
+    self.evaluator = _Evaluator(method, data.test_source,
+                                batch_size=run.eval_batch_size, mesh=mesh,
+                                data_config=config.data,
+                                num_bins=config.final_evals.ece_bins)
+    self.writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_chief)
+    self.preemption = multihost.PreemptionWatcher()
+    self.state = None
+    self.history: list[dict] = []
+    self.step = self.first_step = 0
+    self.preempted = False
+    self.train_time = self.eval_time = 0.0
+    self._pending: list[tuple[int, dict]] = []
+    self._last_saved = None
+
+  # -- state ------------------------------------------------------------------
+
+  def init_or_restore(self) -> None:
+    restored = self.ckpt.restore_latest(self.abstract_state)
+    if restored is None:
+      self.state = self.init_fn(self.init_key)
+    else:
+      step, self.state, extra = restored
+      check_resumable(extra.get("config"), self.config, str(self.run.workdir))
+      check_same_data(extra.get("data_fingerprint"), self.data.fingerprint,
+                      str(self.run.workdir))
+      self.data.train_iter.set_state(extra["data"])
+      self.history = list(extra.get("history", []))
+      self._last_saved = step
+      logging.info("Resumed from step %d.", step)
+    self.step = self.first_step = int(jax.device_get(self.state.step))
+
+  def save(self, force: bool = False) -> None:
+    """Checkpoints the state if due, once it and every step were verified."""
+    every = self.config.checkpoint.every_steps
+    if not (force or (every and self.step % every == 0)):
       return
+    self.flush()  # raises on a non-finite step before anything is written
+    self.check_state_finite()
+    saved = self.ckpt.save(
+        self.step, self.state,
+        {"data": self.data.train_iter.get_state(), "history": self.history,
+         "config": resume_fingerprint(self.config),
+         "data_fingerprint": self.data.fingerprint}, force=True)
+    if saved:
+      self._last_saved = self.step
+
+  def check_state_finite(self) -> None:
+    """Parameters, BatchNorm statistics and optimizer state all finite."""
+    flags = jax.device_get(self.finite_leaves(self.state))
+    bad = [jax.tree_util.keystr(path) for path, ok in
+           jax.tree_util.tree_flatten_with_path(flags)[0] if not ok]
+    if bad:
+      raise NonFiniteError(
+          f"non-finite values in the state after step {self.step} at "
+          f"{len(bad)} leaves ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
+          f"stopping without saving it. {self._last_good_text()}")
+
+  def _last_good_text(self) -> str:
+    if self._last_saved is None:
+      return "No checkpoint was written."
+    return (f"The last checkpoint (step {self._last_saved}) was verified "
+            "all-finite before it was written and is kept.")
+
+  # -- metrics ----------------------------------------------------------------
+
+  def flush(self) -> None:
+    """Fetches pending step metrics, checks finiteness, writes one log line."""
+    if not self._pending:
+      return
+    pending, self._pending = self._pending, []
     fetched = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, fetched):
       if not (np.isfinite(m["loss"]) and bool(m.get("finite", True))):
         raise NonFiniteError(
             f"non-finite loss or gradients at step {s} (loss={m['loss']}); "
-            f"stopping. The last checkpoint (step {last_good['step']}) is "
-            "all-finite and kept.")
+            f"stopping. {self._last_good_text()}")
     s_last = pending[-1][0]
     scalars = {f"train/{k}": float(np.mean([np.asarray(m[k], np.float64)
                                             for m in fetched]))
                for k in fetched[-1]}
     scalars["train/lr"] = float(fetched[-1]["lr"])
-    scalars["epoch"] = s_last / steps_per_epoch
-    write(s_last, scalars)
-    pending.clear()
+    scalars["epoch"] = s_last / self.data.steps_per_epoch
+    self.writer.write(s_last, scalars)
 
-  progress = None
-  if config.get("progress_bar", True):
-    progress = metrics_lib.ProgressBar(total_steps, step, config.batch_size,
-                                       enabled=is_chief)
-  t_train, eval_time = time.time(), 0.0
-  try:
-    while step < stop_at:
-      batch = next(train_iter)
-      state, m = train_step(state, batch, train_key)
-      step += 1
-      pending.append((step, m))
+  def evaluate(self, epoch: int) -> None:
+    t_eval = time.time()
+    res = self.evaluator.run(self.state)
+    self.eval_time += time.time() - t_eval
+    self.history.append({"epoch": epoch, "step": self.step, "variants": res})
+    self.writer.write(self.step, {f"eval/{n}/{k}": v for n, r in res.items()
+                                  for k, v in r.items()} | {
+                                      "epoch": float(epoch)})
+    logging.info("epoch %d: %s", epoch, res)
+
+  # -- loop -------------------------------------------------------------------
+
+  def train(self) -> None:
+    config, data = self.config, self.data
+    spe, total = data.steps_per_epoch, data.total_steps
+    stop_at = min(config.get("stop_after_steps", 0) or total, total)
+    progress = None
+    if config.get("progress_bar", True):
+      progress = metrics_lib.ProgressBar(total, self.step, config.batch_size,
+                                         enabled=self.run.is_chief)
+    t_train = time.time()
+    try:
+      while self.step < stop_at:
+        batch = next(data.train_iter)
+        self.state, m = self.train_step(self.state, batch, self.train_key)
+        self.step += 1
+        self._pending.append((self.step, m))
+        if progress is not None:
+          progress.update(self.step)
+        end_of_epoch = self.step % spe == 0
+        if (self.step % config.log_every_steps == 0 or end_of_epoch
+            or self.step == stop_at):
+          self.flush()
+        epoch = self.step // spe
+        if end_of_epoch and (epoch % config.eval_every_epochs == 0
+                             or self.step == total):
+          self.evaluate(epoch)
+        # After the epoch's eval, so that a resumed run keeps it in `history`.
+        if self.preemption.reached(self.step) and self.step < stop_at:
+          logging.warning("Pre-empted: checkpointing step %d and stopping.",
+                          self.step)
+          self.preempted = True
+          self.save(force=True)
+          break
+        self.save(force=self.step == stop_at)
+      jax.block_until_ready(self.state)
+    finally:
       if progress is not None:
-        progress.update(step)
-      end_of_epoch = step % steps_per_epoch == 0
-      if (step % config.log_every_steps == 0 or end_of_epoch
-          or step == stop_at):
-        flush()
-      epoch = step // steps_per_epoch
-      if end_of_epoch and (epoch % config.eval_every_epochs == 0
-                           or step == total_steps):
-        t_eval = time.time()
-        res = evaluator.run(state)
-        eval_time += time.time() - t_eval
-        history.append({"epoch": epoch, "step": step, "variants": res})
-        write(step, {f"eval/{n}/{k}": v for n, r in res.items()
-                     for k, v in r.items()} | {"epoch": float(epoch)})
-        logging.info("epoch %d: %s", epoch, res)
-      # After the epoch's eval, so that a resumed run keeps it in `history`.
-      if (every and step % every == 0) or step == stop_at:
-        flush()  # never checkpoint a state that followed a non-finite step
-        save(step, force=step == stop_at)
-    jax.block_until_ready(state)
-  finally:
-    if progress is not None:
-      progress.close()
-    train_iter.close()
-    ckpt.close()  # waits for the asynchronous writes
-  train_time = time.time() - t_train - eval_time
-  images_per_s = (step - first_step) * config.batch_size / max(train_time,
-                                                               1e-9)
+        progress.close()
+    self.train_time = time.time() - t_train - self.eval_time
 
-  summary: dict[str, Any] = summarize(
-      history, reported_variant=method.reported_variant,
-      report_last=config.report_last_epochs)
-  if step < total_steps:
-    summary["stopped_at_step"] = step
-  elif config.final_evals.ece or config.final_evals.fgsm:
-    summary.update(_final_evals(config, method, state, evaluator,
-                                 history))
-    write(step, {f"final/{k}": v for k, v in summary.items()
-                 if k in ("ece", "fgsm_top1")})
-  summary.update({
-      "steps": step, "total_steps": total_steps,
-      "steps_per_epoch": steps_per_epoch, "epochs": step / steps_per_epoch,
-      "wall_time_s": time.time() - t_start, "train_time_s": train_time,
-      "eval_time_s": eval_time,
-      "train_images_per_s": images_per_s,
-      "num_devices": mesh.size, "num_processes": jax.process_count(),
-      "history": history, "config": config.to_dict(),
-      "workdir": workdir, "resumed_from_step": first_step or None,
-  })
-  writer.write_summary(summary)
-  writer.close()
-  return summary
+  def wait_for_checkpoints(self) -> None:
+    self.ckpt.wait()
+
+  def close(self) -> None:
+    self.preemption.close()
+    self.data.train_iter.close()
+    self.ckpt.close()  # waits for the asynchronous writes
+    self.writer.close()
+
+  # -- summary ----------------------------------------------------------------
+
+  def summary(self) -> dict:
+    config, data, method = self.config, self.data, self.method
+    done = self.step - self.first_step
+    summary: dict[str, Any] = summarize(
+        self.history, reported_variant=method.reported_variant,
+        report_last=config.report_last_epochs)
+    if self.step < data.total_steps:
+      summary["stopped_at_step"] = self.step
+      if self.preempted:
+        summary["preempted"] = True
+    elif config.final_evals.ece or config.final_evals.fgsm:
+      summary.update(_final_evals(config, method, self.state, self.evaluator,
+                                  self.history))
+      self.writer.write(self.step, {f"final/{k}": v for k, v in
+                                    summary.items()
+                                    if k in ("ece", "fgsm_top1")})
+    summary.update({
+        "steps": self.step, "total_steps": data.total_steps,
+        "steps_per_epoch": data.steps_per_epoch,
+        "epochs": self.step / data.steps_per_epoch,
+        "train_time_s": self.train_time, "eval_time_s": self.eval_time,
+        "train_images_per_s": done * config.batch_size / max(self.train_time,
+                                                             1e-9),
+        "num_devices": self.run.mesh.size,
+        "num_processes": jax.process_count(),
+        "history": self.history, "config": config.to_dict(),
+        "workdir": str(self.run.workdir),
+        "resumed_from_step": self.first_step or None,
+    })
+    return summary
 
 
 def _final_evals(config, method, state, evaluator, history) -> dict:
@@ -436,7 +577,8 @@ def _final_evals(config, method, state, evaluator, history) -> dict:
     variables, head = method.eval_variants(state)[name]
     fgsm = jax.jit(evaluators.make_fgsm_eval(
         lambda v, x: method.predict(v, head, x), mean=tuple(config.data.mean),
-        std=tuple(config.data.std), eps=float(fe.fgsm_eps)))
+        std=tuple(config.data.std), eps=float(fe.fgsm_eps)),
+        out_shardings=evaluator.replicated)
     totals = None
     for batch in evaluator.batches():
       totals = evaluators.accumulate(

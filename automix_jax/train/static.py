@@ -72,6 +72,56 @@ def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
   return mixer
 
 
+def bn_groups(config: Any, mesh: jax.sharding.Mesh | None) -> int:
+  """How many slices of the batch BatchNorm normalises separately.
+
+  ``config.per_device_batch_stats`` False (default): 1, statistics over the
+  global batch (SyncBN: what jit over a sharded batch gives). True: one slice
+  per device of the ``"data"`` axis, as DDP without SyncBN (the reference's
+  ImageNet runs).
+  """
+  if not config.get("per_device_batch_stats", False):
+    return 1
+  if mesh is None:
+    raise ValueError("`per_device_batch_stats=True` needs the device mesh.")
+  groups = int(mesh.shape["data"])
+  if int(config.batch_size) % groups:
+    raise ValueError(
+        f"`per_device_batch_stats=True`: batch_size {config.batch_size} must "
+        f"split evenly over the {groups} devices.")
+  return groups
+
+
+def train_apply(model: Any, variables: dict, images: jax.Array, *,
+                rngs: dict, groups: int = 1) -> tuple[Any, Any]:
+  """Train-mode forward: ``(out, new_batch_stats)``.
+
+  ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
+  slices ``[groups, B / groups, ...]`` (one per device of the batch sharding,
+  so no data moves), the model runs on each slice with the same weights
+  (``jax.vmap``), BatchNorm normalises each slice with its own statistics, and
+  the running statistics are averaged over slices (flax's ImageNet example's
+  cross-replica mean, equal to averaging every device's running statistics).
+  Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
+  """
+  def one(x, keys):
+    out, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs=keys)
+    return out, upd.get("batch_stats", variables.get("batch_stats", {}))
+
+  if groups == 1:
+    return one(images, rngs)
+  b = images.shape[0]
+  if b % groups:
+    raise ValueError(f"`images` batch {b} does not split into {groups} "
+                     "BatchNorm groups.")
+  x = images.reshape(groups, b // groups, *images.shape[1:])
+  keys = {name: jax.random.split(k, groups) for name, k in rngs.items()}
+  out, stats = jax.vmap(one)(x, keys)
+  out = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), out)
+  return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+
 def all_finite(*trees: Any) -> jax.Array:
   """True iff every leaf of every tree is finite (the loop's ``finite`` flag)."""
   leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
@@ -116,6 +166,7 @@ class StaticMixing:
     self.mesh = mesh
     self.model = build_model(config, num_classes)
     self.mixer = build_mixer(config, mesh)
+    self.bn_groups = bn_groups(config, mesh)
     self.tx, self.lr_fn = optim.make_optimizer(
         config.optimizer, steps_per_epoch=self.steps_per_epoch,
         num_epochs=int(config.num_epochs))
@@ -156,11 +207,11 @@ class StaticMixing:
     mixed, mixed_targets, aux = self.mixer(k_mix, images, targets)
 
     def loss_fn(params):
-      out, new_vars = self.model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, mixed,
-          train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+      out, batch_stats = train_apply(
+          self.model, {"params": params, "batch_stats": state.batch_stats},
+          mixed, rngs={"dropout": k_drop}, groups=self.bn_groups)
       loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
-      return loss, new_vars.get("batch_stats", {})
+      return loss, batch_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -182,12 +233,11 @@ class StaticMixing:
       if self.ema_stats_rule == "copy":
         ema_batch_stats = batch_stats
       else:  # "forward": the EMA model's own running statistics.
-        _, ema_vars = self.model.apply(
+        _, ema_batch_stats = train_apply(
+            self.model,
             {"params": ema_params, "batch_stats": state.ema_batch_stats},
-            images, train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.fold_in(step_key, 2)})
-        ema_batch_stats = ema_vars.get("batch_stats", {})
+            images, rngs={"dropout": jax.random.fold_in(step_key, 2)},
+            groups=self.bn_groups)
       metrics["ema_momentum"] = m
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,

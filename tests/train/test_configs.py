@@ -89,14 +89,6 @@ def test_command_line_typo_override_raises(tmp_path):
   assert not os.listdir(tmp_path)  # nothing ran
 
 
-def test_multi_process_detection():
-  from experiments import train
-  assert not train.launched_multi_process({})
-  assert train.launched_multi_process({"SLURM_NTASKS": "4"})
-  assert train.launched_multi_process({"TPU_WORKER_HOSTNAMES": "a,b"})
-  assert not train.launched_multi_process({"TPU_WORKER_HOSTNAMES": "a"})
-
-
 def test_tfds_cifar100_family_two_steps_on_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from automix_jax.train import loop
