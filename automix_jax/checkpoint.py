@@ -130,9 +130,9 @@ def _host_value(x):
   return np.asarray(jax.device_get(x) if isinstance(x, jax.Array) else x)
 
 
-def _index_str(index) -> str:
-  return ",".join(f"{s.start or 0}:{'' if s.stop is None else s.stop}"
-                  for s in index)
+def _index_str(index, shape) -> str:
+  """A shard's position, e.g. ``0-4_0-3`` (no ':' '=' ';', used as separators)."""
+  return "_".join("{}-{}".format(*s.indices(n)[:2]) for s, n in zip(index, shape))
 
 
 def _leaf_checksum(x) -> str:
@@ -151,7 +151,7 @@ def _leaf_checksum(x) -> str:
       return f"{dtype}:{shape}:{_crc(_host_value(x.addressable_data(0)))}"
     parts = {}
     for shard in x.addressable_shards:
-      key = _index_str(shard.index)
+      key = _index_str(shard.index, x.shape)
       if key not in parts:
         parts[key] = _crc(_host_value(shard.data))
     return f"{dtype}:{shape}:" + ";".join(f"{k}={v}" for k, v in

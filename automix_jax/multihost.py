@@ -225,6 +225,9 @@ class PreemptionWatcher:
     self._synced = jax.process_count() > 1 and _distributed_client_up()
     if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    logging.info("SIGTERM now checkpoints at the next step boundary (%s).",
+                 "jax pre-emption sync point" if self._synced else
+                 "signal handler")
 
   def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning("SIGTERM: saving a checkpoint at the next step boundary "

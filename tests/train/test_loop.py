@@ -1,24 +1,19 @@
 """End-to-end loop on a tiny offline archive: train, eval, summary, resume, NaN."""
 
-import io
 import json
 import os
-import tarfile
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from automix_jax.train import loop
 from configs import cifar10_cpu
+from tests._tiny_archive import write_tiny_archive
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-           "horse", "ship", "truck")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,21 +33,8 @@ def compilation_cache(tmp_path_factory):
 def tiny_archive(tmp_path_factory):
   """A cifar10-jpeg.tar.gz look-alike: 8x8 JPEGs, 2 train / 2 test per class."""
   root = tmp_path_factory.mktemp("archive")
-  path = root / "tiny-cifar10.tar.gz"
-  rng = np.random.default_rng(0)
-  with tarfile.open(path, "w:gz") as tar:
-    for split, n in (("test", 2), ("train", 2)):
-      for c, name in enumerate(CLASSES):
-        for i in range(n):
-          # Class-dependent colour so the task is learnable at all.
-          img = np.clip(rng.normal(25 * c, 30, (8, 8, 3)), 0, 255)
-          buf = io.BytesIO()
-          Image.fromarray(img.astype(np.uint8)).save(buf, format="JPEG")
-          info = tarfile.TarInfo(f"{split}/{name}/{i:04d}.jpg")
-          info.size = buf.tell()
-          buf.seek(0)
-          tar.addfile(info, buf)
-  return str(path), str(root / "cache")
+  path = write_tiny_archive(root / "tiny-cifar10.tar.gz")
+  return path, str(root / "cache")
 
 
 def cpu_config(archive, *, arg="mixer=mixup", **overrides):
