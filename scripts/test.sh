@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
 cd "$root"
-exec .venv/bin/python -m pytest -n 2 --durations=15 "$@" tests
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15 "$@" tests

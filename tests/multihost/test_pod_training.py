@@ -21,7 +21,9 @@ import pytest
 from tests._tiny_archive import write_tiny_archive
 from tests.multihost import _pod
 
-pytestmark = pytest.mark.multihost
+# One xdist worker runs the whole module (scripts/test.sh: --dist loadgroup),
+# so the runs that several tests compare against are made once.
+pytestmark = [pytest.mark.multihost, pytest.mark.xdist_group("pod_training")]
 
 EPOCHS = 2  # 4 steps, an eval after each epoch
 
@@ -51,8 +53,14 @@ def pod(tmp_path_factory):
 def _final_state(workdir):
   steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints")
                  if d.isdigit())
-  state = ocp.StandardCheckpointer().restore(
-      workdir / "checkpoints" / str(steps[-1]) / "state")
+  path = workdir / "checkpoints" / str(steps[-1]) / "state"
+  # Read back onto this process's first device, whatever topology saved it.
+  checkpointer = ocp.StandardCheckpointer()
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
+      checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, abstract)
   return steps[-1], jax.tree.map(np.asarray, state)
 
 
@@ -67,8 +75,12 @@ def _evals(workdir):
                                                  for k in m)]
 
 
-def _assert_same_run(a, b, *, exact):
-  """Two runs of one config: losses, parameters and evaluations agree."""
+def _assert_same_run(a, b, *, exact, rtol=1e-4, atol=1e-5):
+  """Two runs of one config: losses, parameters and evaluations agree.
+
+  ``exact``: bit for bit (resumption). Otherwise to float tolerance: the
+  gradient all-reduce sums in another order across processes.
+  """
   la, lb = _train_losses(a), _train_losses(b)
   assert sorted(la) == sorted(lb) == list(range(1, 2 * EPOCHS + 1))
   np.testing.assert_allclose([la[s] for s in sorted(la)],
@@ -81,7 +93,7 @@ def _assert_same_run(a, b, *, exact):
     if exact:
       np.testing.assert_array_equal(x, y)
     else:
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
   ea, eb = _evals(a), _evals(b)
   assert len(ea) == len(eb) == EPOCHS
   for x, y in zip(ea, eb):  # top-1/top-5 are counts: identical
@@ -116,7 +128,9 @@ def test_per_device_mixing_and_batch_stats_on_a_pod(pod):
            "--config.per_device_batch_stats=True"]
   two = pod("per_device_2x4", 2, 4, overrides=flags)
   one = pod("per_device_1x8", 1, 8, overrides=flags)
-  _assert_same_run(two, one, exact=False)
+  # BatchNorm over 2 images per device divides by small variances, which
+  # amplifies the all-reduce's rounding differences (seen: 7e-5 after 4 steps).
+  _assert_same_run(two, one, exact=False, atol=2e-4)
   # And the option changes the run (it is not silently ignored).
   assert _train_losses(one) != _train_losses(pod("mixup_1x8", 1, 8))
 
@@ -170,11 +184,11 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes(pod, procs, devices):
 
 
 def test_a_nonfinite_update_never_reaches_a_checkpoint(pod):
-  # lr 1e30: the loss and gradients of step 1 are finite, the parameters
-  # after its update are not.
+  # lr 1e39 overflows float32: the loss and gradients of step 1 are finite,
+  # the parameters after its update are not.
   workdir = pod.root / "nonfinite"
   args = _pod.train_args(workdir, pod.archive, epochs=EPOCHS, overrides=(
-      "--config.optimizer.lr=1e30", "--config.optimizer.schedule=constant"))
+      "--config.optimizer.lr=1e39", "--config.optimizer.schedule=constant"))
   rc, out = _pod.finish(_pod.start(2, 4, args, pod.env))
   assert rc != 0
   assert "non-finite values in the state after step 1" in out

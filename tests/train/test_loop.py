@@ -150,6 +150,22 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_last_good_ckpt(
   lines = [json.loads(l) for l in open(tmp_path / loop.METRICS_FILE)]
   good = [l["step"] for l in lines if "train/loss" in l]
   assert all(s in good for s in steps)
+  if steps:
+    _, params, _ = _params(str(tmp_path), config)
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_a_nonfinite_state_is_never_saved(tiny_archive, tmp_path):
+  # lr 1e39 overflows float32: step 1's loss and gradients are finite, the
+  # parameters after its update are not, so its checkpoint must not be written.
+  config = cpu_config(tiny_archive, **{"optimizer.lr": 1e39,
+                                       "optimizer.schedule": "constant"})
+  with pytest.raises(loop.NonFiniteError,
+                     match=r"state after step 1 .*No checkpoint was written"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  from automix_jax import checkpoint
+  with checkpoint.Checkpointer(tmp_path / "checkpoints") as ck:
+    assert ck.all_steps() == []
 
 
 def test_errors_before_compute(tiny_archive, tmp_path):
