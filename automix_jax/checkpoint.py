@@ -78,7 +78,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "abstract_like", "as_path"]
+__all__ = ["Checkpointer", "abstract_like", "as_path", "read_state"]
 
 _CHECKSUM_KEY = "_checksums"
 _EXTRA_CHECKSUM_KEY = "_extra_checksum"
@@ -216,6 +216,33 @@ def _all_processes_agree(ok: bool) -> bool:
     return ok
   flags = multihost_utils.process_allgather(np.array([ok], np.bool_))
   return bool(np.all(flags))
+
+
+def read_state(directory: str | os.PathLike, step: int | None = None
+               ) -> tuple[int, Any]:
+  """``(step, state)`` of a checkpoint as numpy arrays, for inspection.
+
+  Reads the state item of ``<directory>/<step>`` (default: the newest step)
+  onto this process's first device, whatever mesh or process count saved it
+  (a 2-process pod's checkpoint on a laptop, say), and returns numpy leaves in
+  orbax's nested-dict layout (``{"params": ..., "batch_stats": ..., ...}``).
+  No checksum verification and no training-state structure are needed: use
+  ``Checkpointer.restore_latest`` to resume.
+  """
+  root = as_path(directory)
+  if step is None:
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint step in {root}.")
+    step = steps[-1]
+  path = root / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
+      checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, abstract)
+  return step, jax.tree.map(np.asarray, state)
 
 
 def _to_jsonable(obj: Any, where: str) -> Any:

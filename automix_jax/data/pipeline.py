@@ -117,7 +117,9 @@ class TrainIterator:
         train=True)``) or one of ``"cifar" | "none" | "randaugment"``.
       sharding: ``jax.sharding.Sharding`` of the image batch, e.g.
         ``NamedSharding(mesh, P("data"))``.
-      prefetch: batches prepared ahead in a background thread (0 = none).
+      prefetch: host batches (source reads + host augmentation) prepared ahead
+        in a background thread (0 = none); the device half runs in the
+        calling thread.
       process_index: default ``jax.process_index()`` (override only to test
         the host slicing with ``local_batch``).
       process_count: default ``jax.process_count()``.
@@ -243,8 +245,10 @@ class TrainIterator:
     return {"image": self.augment.host(np.asarray(data["image"]), rng),
             "label": np.asarray(data["label"], np.int32)}
 
-  def _global_batch(self, epoch: int, position: int) -> Batch:
-    local = self.local_batch(epoch, position)
+  def _global_batch(self, epoch: int, position: int, local=None) -> Batch:
+    """The global batch from this process's host batch (main thread only)."""
+    if local is None:
+      local = self.local_batch(epoch, position)
     x = jax.make_array_from_process_local_data(self.sharding, local["image"])
     y = jax.make_array_from_process_local_data(self.label_sharding,
                                                local["label"])
@@ -262,7 +266,11 @@ class TrainIterator:
   def _producer(self, epoch, position, q, stop):
     try:
       while not stop.is_set():
-        item = ((epoch, position), self._global_batch(epoch, position))
+        # Host work only: device computations on global arrays must be
+        # dispatched by one thread in the same order on every process (a
+        # background thread's augmentation racing the main thread's step or
+        # eval deadlocks the cross-process collectives).
+        item = ((epoch, position), self.local_batch(epoch, position))
         while not stop.is_set():
           try:
             q.put(item, timeout=0.05)
@@ -333,9 +341,10 @@ class TrainIterator:
       if isinstance(item, _Error):
         self._stop_thread()
         raise item.exc
-      (epoch, position), batch = item
+      (epoch, position), local = item
       assert (epoch, position) == (self._epoch, self._position), (
           (epoch, position), (self._epoch, self._position))
+      batch = self._global_batch(epoch, position, local)
     self._epoch, self._position = self._advance(self._epoch, self._position)
     return batch
 

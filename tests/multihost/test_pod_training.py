@@ -15,9 +15,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from automix_jax import checkpoint
 from tests._tiny_archive import write_tiny_archive
 from tests.multihost import _pod
 
@@ -51,17 +51,7 @@ def pod(tmp_path_factory):
 
 
 def _final_state(workdir):
-  steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints")
-                 if d.isdigit())
-  path = workdir / "checkpoints" / str(steps[-1]) / "state"
-  # Read back onto this process's first device, whatever topology saved it.
-  checkpointer = ocp.StandardCheckpointer()
-  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
-      checkpointer.metadata(path).item_metadata.tree)
-  state = checkpointer.restore(path, abstract)
-  return steps[-1], jax.tree.map(np.asarray, state)
+  return checkpoint.read_state(workdir / "checkpoints")
 
 
 def _train_losses(workdir):
