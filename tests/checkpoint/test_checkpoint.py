@@ -188,6 +188,15 @@ def _corrupt_checksum(step_dir):
   json.dump(meta, open(path, "w"))
 
 
+def _corrupt_data_position(step_dir):
+  # An edited `extra` (the data iterator's position) would resume on other
+  # batches without complaint if `extra` were not checksummed.
+  path = os.path.join(step_dir, "extra", "metadata")
+  meta = json.load(open(path))
+  meta["position"] += 1
+  json.dump(meta, open(path, "w"))
+
+
 def _corrupt_empty_dir(step_dir):
   shutil.rmtree(step_dir)
   os.makedirs(step_dir)
@@ -202,7 +211,8 @@ _ORBAX_NOISE = pytest.mark.filterwarnings(
 @_ORBAX_NOISE
 @pytest.mark.parametrize("corrupt", [
     _corrupt_delete_extra, _corrupt_delete_arrays, _corrupt_truncate_arrays,
-    _corrupt_garble_arrays, _corrupt_checksum, _corrupt_empty_dir])
+    _corrupt_garble_arrays, _corrupt_checksum, _corrupt_data_position,
+    _corrupt_empty_dir])
 def test_corrupt_latest_falls_back(tmp_path, corrupt):
   states = _save_steps(tmp_path, [1, 2])
   corrupt(str(tmp_path / "2"))

@@ -50,6 +50,15 @@ def test_metric_writer_lines_and_types(tmp_path):
   assert np.isnan(lines[2]["train/loss"])
 
 
+def test_a_half_written_last_line_is_cut_before_appending(tmp_path):
+  path = tmp_path / metrics.METRICS_FILE
+  path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/lo')
+  with metrics.MetricWriter(tmp_path, enabled=True) as w:
+    w.write(2, {"train/loss": 1.5})
+  assert _read_lines(path) == [{"step": 1, "train/loss": 2.0},
+                               {"step": 2, "train/loss": 1.5}]
+
+
 def test_metric_writer_bad_input(tmp_path):
   with metrics.MetricWriter(tmp_path, enabled=True) as w:
     with pytest.raises(ValueError, match="step"):

@@ -121,6 +121,12 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
     loop.train_and_evaluate(
         cpu_config(tiny_archive, arg="mixer=mixup,ema", num_epochs=3),
         str(resumed))
+  # Nor on other data: the archive path may move, the examples may not.
+  other = write_tiny_archive(tmp_path / "other.tar.gz", seed=1)
+  with pytest.raises(ValueError, match="trained on other data"):
+    loop.train_and_evaluate(
+        cpu_config((other, tiny_archive[1]), arg="mixer=mixup,ema"),
+        str(resumed))
   final = loop.train_and_evaluate(
       cpu_config(tiny_archive, arg="mixer=mixup,ema"), str(resumed))
   assert final["resumed_from_step"] == 3 and final["steps"] == 4
