@@ -133,15 +133,21 @@ def check_batch(batch: Any, *, min_size: int, what: str) -> tuple[jax.Array,
 
 def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8
                       ) -> jax.Array:
-  """``torch.nn.CosineSimilarity(dim=-1, eps)``: ``a·b / sqrt(max(|a|²|b|², eps²))``.
+  """``torch.nn.CosineSimilarity(dim=-1, eps)`` as current torch computes it.
+
+  ``a·b / (max(|a|, eps) · max(|b|, eps))``: each norm is clamped separately
+  (older torch clamped the product of the norms, which differs for vectors of
+  norm below ~sqrt(eps); e.g. a = b = [1e-5, 0, 0] gives 1.0 here and in
+  current torch, 0.01 with the product clamp).
 
   ``[..., K]`` x ``[..., K]`` -> ``[...]`` float32.
   """
   a = a.astype(jnp.float32)
   b = b.astype(jnp.float32)
   dot = jnp.sum(a * b, axis=-1)
-  n2 = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
-  return dot / jnp.sqrt(jnp.maximum(n2, eps * eps))
+  norm_a = jnp.sqrt(jnp.sum(a * a, axis=-1))
+  norm_b = jnp.sqrt(jnp.sum(b * b, axis=-1))
+  return dot / (jnp.maximum(norm_a, eps) * jnp.maximum(norm_b, eps))
 
 
 soft_ce = losses.soft_cross_entropy

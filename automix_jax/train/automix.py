@@ -172,12 +172,14 @@ class AutoMix(L.LearnedMixingBase):
         jnp.abs((1.0 - ctx["lam_mb"]) - mask_mean) - self.mask_loss_margin, 0.0)
     loss_gen = ce_teacher + ctx["mask_w"] * mask_l1
     # Classifier: separate train-mode passes (BN batch statistics differ per
-    # sample, so one concatenated pass would change the result).
+    # sample, so one concatenated pass would change the result), in the
+    # reference's order (forward_q): the clean batch first, then the mixed
+    # sample, so the running statistics are chained the same way.
     cls = params["classifier"]
-    out_bb, stats = self.online_apply(cls, state.batch_stats, ctx["x_bb"], k_q1)
-    ce_mix = L.soft_ce(out_bb["logits"]["mix"], ctx["y_bb"])
-    out_one, stats = self.online_apply(cls, stats, images, k_q2)
+    out_one, stats = self.online_apply(cls, state.batch_stats, images, k_q2)
     ce_one = L.soft_ce(out_one["logits"]["one"], ctx["targets"])
+    out_bb, stats = self.online_apply(cls, stats, ctx["x_bb"], k_q1)
+    ce_mix = L.soft_ce(out_bb["logits"]["mix"], ctx["y_bb"])
     loss_cls = ce_mix + ce_one
     aux = {"stats": stats, "teacher_stats": t_stats2, "x_mb": x_mb, "s_mb": s_mb,
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,

@@ -142,6 +142,19 @@ def test_generator_objective_alternates_with_step_parity(setup, probes):
   assert not np.isclose(even["l_gen"], even["ce_direct"], rtol=1e-3)
 
 
+@pytest.mark.parametrize("a,b,want", [
+    ([1e-5, 0, 0], [1e-5, 0, 0], 1.0),      # torch: each norm clamped alone
+    ([1e-5, 0, 0], [2.0, 0, 0], 1.0),       # |a| = 1e-5 > eps: exact cosine
+    ([3.0, 4.0, 0], [4.0, -3.0, 0], 0.0),
+    ([1.0, 2.0, 2.0], [2.0, 4.0, 4.0], 1.0),
+    ([1e-9, 0, 0], [1.0, 0, 0], 1e-9 / 1e-8),  # |a| < eps: a·b / (eps |b|)
+    ([0.0, 0, 0], [1.0, 0, 0], 0.0),
+])
+def test_cosine_similarity_clamps_each_norm_like_current_torch(a, b, want):
+  got = float(L.cosine_similarity(jnp.asarray(a), jnp.asarray(b)))
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
 def test_generator_weights_and_cosine_sign():
   m = adautomix.AdAutoMix(make_config(beta_radio=0.25, cosine_sign=-1),
                           num_classes=K, steps_per_epoch=STEPS_PER_EPOCH)

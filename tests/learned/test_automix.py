@@ -71,7 +71,18 @@ def _probe(method, state, batch, key):
           "new_state": new_state, "s_mb": s, "x_mb": aux["x_mb"],
           "x_mb_direct": x_mb, "gen_direct": ce + 0.1 * mask_loss,
           "mask_loss": mask_loss, "teacher_stats": aux["teacher_stats"],
-          "naive_stats": u2["batch_stats"]}
+          "naive_stats": u2["batch_stats"], "online_stats": aux["stats"],
+          "online_stats_direct": _online_stats_clean_then_mixed(
+              method, state, ctx)}
+
+
+def _online_stats_clean_then_mixed(method, state, ctx):
+  """The reference's forward_q: online net on the clean batch, then on the
+  classifier's mixed sample, running statistics chained in that order."""
+  online = lambda stats, imgs: method.model.apply(
+      {"params": state.params["classifier"], "batch_stats": stats}, imgs,
+      train=True, mutable=["batch_stats"])[1]["batch_stats"]
+  return online(online(state.batch_stats, ctx["images"]), ctx["x_bb"])
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +107,12 @@ def test_generator_loss_is_teacher_ce_plus_bounded_mask_loss(probe):
   np.testing.assert_allclose(p["x_mb"], p["x_mb_direct"], rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(p["l_gen"], p["gen_direct"], rtol=1e-5)
   for g, w in zip(_leaves(p["teacher_stats"]), _leaves(p["naive_stats"])):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_online_passes_run_clean_first_then_mixed(probe):
+  p = probe
+  for g, w in zip(_leaves(p["online_stats"]), _leaves(p["online_stats_direct"])):
     np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
 
 
