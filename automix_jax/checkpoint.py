@@ -72,6 +72,7 @@ from typing import Any, Mapping
 import warnings
 import zlib
 
+from absl import flags as absl_flags
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
@@ -245,6 +246,24 @@ def read_state(directory: str | os.PathLike, step: int | None = None
   return step, jax.tree.map(np.asarray, state)
 
 
+def _use_coordination_service_barriers() -> None:
+  """Makes orbax's multi-process barriers safe next to a running train loop.
+
+  By default orbax synchronises processes with a device collective
+  (`multihost_utils.sync_global_devices`), also from its asynchronous-save
+  thread. A collective launched from that thread races the main thread's
+  train / eval collectives, and processes that launch them in different orders
+  deadlock (seen on a 2-process CPU pod). The coordination service's barrier
+  (`experimental_orbax_use_distributed_barrier`) involves no device and has a
+  timeout.
+  """
+  if jax.process_count() == 1:
+    return
+  flag = absl_flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+  flag.value = True
+  flag.present = 1  # readable even where absl never parsed a command line
+
+
 def _to_jsonable(obj: Any, where: str) -> Any:
   """Converts numpy / jax scalars inside `extra` to Python; rejects the rest."""
   if isinstance(obj, Mapping):
@@ -296,6 +315,7 @@ class Checkpointer:
       raise ValueError("save_interval_steps: expected an int >= 1, got "
                        f"{save_interval_steps!r}.")
     self.directory = as_path(directory)
+    _use_coordination_service_barriers()
     self._checksums = bool(checksums)
     self._closed = False
     self._warn_tmp_dirs()
