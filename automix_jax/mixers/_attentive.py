@@ -47,7 +47,8 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
                        *, scores: jax.Array, grid_size: Any = None,
                        top_k: int | None = None, alpha: float = 2.0,
                        lam_scope: str = "batch", partner: str = "permutation",
-                       lam: Any = None, index: Any = None
+                       lam: Any = None, index: Any = None,
+                       data_format: Any = None
                        ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """AttentiveMix+: each sample keeps its own ``k`` top-scored grid cells.
 
@@ -72,11 +73,15 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     lam: optional explicit λ, scalar or ``[B]``; ``k = int(gh·gw·λ)``.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, H, W, 1] float32}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   alpha = C.check_alpha(alpha)
   gh, gw = _check_scores(scores, batch_size, grid_size)
@@ -117,4 +122,5 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -39,6 +39,17 @@ def draw_weights(key: jax.Array, alpha: float, num_images: int, rows: int,
                    1.0 / num_images)
 
 
+def check_weight_rows(weights: Any, *, arg: str, axis: int = -1) -> None:
+  """Weights non-negative and summing to 1 along ``axis`` (``check_value``)."""
+  def predicate(xp, w):
+    total = xp.sum(w, axis=axis)
+    ok = xp.all(w >= 0) & xp.all(xp.abs(total - 1) <= 1e-5)
+    return ok, {"lo": xp.min(w), "s_lo": xp.min(total), "s_hi": xp.max(total)}
+  C.check_value((weights,), predicate,
+                f"`{arg}` must be non-negative and sum to 1 over the N images; "
+                "got min {lo}, sums in [{s_lo}, {s_hi}].")
+
+
 def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
   shape = getattr(lam, "shape", None)
   if shape is None or tuple(shape) not in ((num_images,),
@@ -47,11 +58,7 @@ def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
         f"`lam` must be weights of shape [N] = ({num_images},) or [B, N] = "
         f"({batch_size}, {num_images}); got "
         f"{tuple(shape) if shape is not None else type(lam).__name__}.")
-  if C._is_concrete(lam):
-    val = np.asarray(lam, np.float64)
-    if np.any(val < 0) or not np.allclose(val.sum(-1), 1.0, atol=1e-5):
-      raise ValueError(
-          f"`lam` rows must be non-negative and sum to 1; got {val}.")
+  check_weight_rows(lam, arg="lam")
   return jnp.broadcast_to(jnp.asarray(lam, jnp.float32),
                           (batch_size, num_images))
 
@@ -66,12 +73,9 @@ def _check_indices(indices: Any, batch_size: int, num_images: int
         f"{tuple(shape) if shape is not None else type(indices).__name__}.")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise ValueError(f"`indices` must be integer; got dtype {indices.dtype}.")
-  if C._is_concrete(indices):
-    idx = np.asarray(indices)
-    if idx.min() < 0 or idx.max() >= batch_size:
-      raise ValueError(
-          f"`indices` values must lie in [0, {batch_size}); got range "
-          f"[{idx.min()}, {idx.max()}].")
+  C.check_in_range(indices, 0, batch_size,
+                   f"`indices` values must lie in [0, {batch_size}); got "
+                   "range [{lo}, {hi}].", closed=False)
   return jnp.asarray(indices, jnp.int32)
 
 
@@ -103,7 +107,8 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
                num_images: int = 3, alpha: float = 1.0,
                weights: str = "beta_normalized", lam_scope: str = "batch",
                partner: str = "permutation", identity_first: bool = True,
-               lam: Any = None, indices: Any = None
+               lam: Any = None, indices: Any = None,
+               data_format: Any = None
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """N-way MixUp: ``x̃ = Σ_i w_i x[π_i]``, ``ỹ = Σ_i w_i y[π_i]``.
 
@@ -132,11 +137,15 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     lam: optional explicit weights ``[N]`` or ``[B, N]``, rows non-negative and
       summing to 1.
     indices: optional explicit ``[B, N]`` integer indices (column i = π_i).
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B, N] float32
     (rows sum to 1), 'index': [B, N] int32}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(2, 3, 4, 5))
   alpha = C.check_alpha(alpha)
   if (isinstance(num_images, bool) or
@@ -179,11 +188,12 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   # One row gather per image (N takes of [B, ...]) rather than a single
   # [B, N, ...] gather: XLA's CPU gather for the latter was ~50x slower.
   mixed = sum(C.per_sample(lam[:, i], images.ndim).astype(acc_dtype) *
-              images[index[:, i]].astype(acc_dtype)
+              C.take(images, index[:, i]).astype(acc_dtype)
               for i in range(num_images)).astype(images.dtype)
   # An explicit product-sum rather than einsum: accelerators may run matmuls
   # at reduced precision by default.
-  mixed_labels = jnp.sum(lam[..., None] * labels[index].astype(jnp.float32),
+  mixed_labels = jnp.sum(lam[..., None] * C.take(labels, index).astype(jnp.float32),
                          axis=1)
   aux = {"lam": lam, "index": index}
-  return mixed, mixed_labels.astype(labels.dtype), aux
+  return C.restore_layout(mixed, mixed_labels.astype(labels.dtype), aux,
+                          data_format)

@@ -29,7 +29,7 @@ def gaussian_mask(centre: jax.Array, sigma: jax.Array, height: int,
 def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
               alpha: float = 0.2, sigma_scope: Any = (0.25, 0.5),
               lam_scope: str = "batch", partner: str = "permutation",
-              index: Any = None
+              index: Any = None, data_format: Any = None
               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """SmoothMix: ``x̃ = (1 - k) ⊙ x + k ⊙ x[index]`` with a Gaussian ``k``.
 
@@ -60,11 +60,15 @@ def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
       ``"sample"``: one each.
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, H, W, 1] float32 own weight 1 - k}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   C.check_alpha(alpha)
   lo, hi = C.check_range(sigma_scope, arg="sigma_scope", high=float("inf"))
@@ -87,4 +91,5 @@ def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   lam = C.mask_to_lam(own)
   mixed = C.apply_mask(images, own, index)
   aux = {"lam": lam, "index": index, "mask": own}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)
