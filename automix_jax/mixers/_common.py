@@ -41,6 +41,7 @@ on NumPy labels, a concrete ``lam`` / ``index``).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable
 
@@ -91,6 +92,17 @@ def check_in_range(x: Any, low: float, high: float, message: str, *,
     ok = (v >= low) & ((v <= high) if closed else (v < high))
     return ok, {"lo": xp.min(v), "hi": xp.max(v)}
   check_value((x,), predicate, message)
+
+
+def check_weight_rows(weights: Any, *, arg: str, axis: int = -1) -> None:
+  """Weights non-negative and summing to 1 along ``axis`` (``check_value``)."""
+  def predicate(xp, w):
+    total = xp.sum(w, axis=axis)
+    ok = xp.all(w >= 0) & xp.all(xp.abs(total - 1) <= 1e-5)
+    return ok, {"lo": xp.min(w), "s_lo": xp.min(total), "s_hi": xp.max(total)}
+  check_value((weights,), predicate,
+                f"`{arg}` must be non-negative and sum to 1 over the N images; "
+                "got min {lo}, sums in [{s_lo}, {s_hi}].")
 
 
 def check_data_format(data_format: Any) -> str | None:
@@ -220,6 +232,52 @@ def check_range(scope: Any, *, arg: str, low: float = 0.0,
     raise ValueError(
         f"`{arg}` must satisfy {low} <= lo <= hi <= {high}; got {(lo, hi)}.")
   return lo, hi
+
+
+def check_positive_int(value: Any, *, arg: str) -> int:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
+      value < 1):
+    raise ValueError(f"`{arg}` must be a positive int; got {value!r}.")
+  return int(value)
+
+
+def check_grid(grid: Any, *, arg: str) -> tuple[int, int]:
+  """A cell grid: ``n`` or ``(gh, gw)`` positive ints -> ``(gh, gw)``."""
+  if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
+    grid = (grid, grid)
+  try:
+    gh, gw = grid
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"`{arg}` must be an int n or a pair (gh, gw); got {grid!r}.") from None
+  return check_positive_int(gh, arg=arg), check_positive_int(gw, arg=arg)
+
+
+def default_cells(side: int) -> int:
+  """Grid cells along a side by default: 4, else the largest of 3, 2 dividing
+  it (1 if none does)."""
+  return next((n for n in (4, 3, 2) if side % n == 0), 1)
+
+
+def check_static_bool(value: Any, *, arg: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"`{arg}` must be a Python bool; got {value!r}.")
+  return bool(value)
+
+
+def choice_check(choices, arg: str) -> Callable[[Any], Any]:
+  """A one-argument validator of ``arg`` against ``choices`` (for ``get``)."""
+  return functools.partial(check_choice, choices=choices, arg=arg)
+
+
+# Validators of the hyperparameters many mixers share, by name: the mixers call
+# the same functions, and `mixers.get` runs them when it binds a value.
+HYPERPARAMETER_CHECKS = {
+    "alpha": check_alpha,
+    "lam_scope": choice_check(LAM_SCOPES, "lam_scope"),
+    "partner": choice_check(PARTNERS, "partner"),
+    "data_format": check_data_format,
+}
 
 
 # ----------------------------------------------------------------------------

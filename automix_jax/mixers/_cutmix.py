@@ -28,6 +28,9 @@ from automix_jax.mixers import _common as C
 Array = jax.Array
 
 BOX_RULES = ("symmetric", "exact")
+CHECKS = {"correct_lam": functools.partial(C.check_static_bool,
+                                          arg="correct_lam"),
+          "box_rule": C.choice_check(BOX_RULES, "box_rule")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,12 +190,6 @@ def check_box_room(height: int, width: int, smallest: int, *, mixer: str,
         f"images of at least {smallest}x{smallest} pixels, or mixup.")
 
 
-def check_bool(value: Any, *, arg: str) -> bool:
-  if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"`{arg}` must be a Python bool; got {value!r}.")
-  return bool(value)
-
-
 def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
            lam_scope: str = "batch", partner: str = "permutation",
            correct_lam: bool = True, lam: Any = None, index: Any = None,
@@ -237,7 +234,7 @@ def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   alpha = C.check_alpha(alpha)
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
-  correct_lam = check_bool(correct_lam, arg="correct_lam")
+  correct_lam = C.check_static_bool(correct_lam, arg="correct_lam")
   C.check_choice(box_rule, BOX_RULES, arg="box_rule")
   _, height, width, _ = images.shape
   check_box_room(height, width, 2 if box_rule == "exact" else 3,

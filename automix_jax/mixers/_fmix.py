@@ -8,6 +8,7 @@ and volumes ``[B, T, H, W, C]``.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Sequence
 
@@ -99,6 +100,30 @@ def binarise_by_rank(grey: jax.Array, lam: jax.Array, round_up: jax.Array,
   return jnp.clip(mask, 0.0, 1.0)
 
 
+def check_decay_power(decay_power: Any) -> float:
+  if (isinstance(decay_power, bool) or
+      not isinstance(decay_power, numbers.Real) or
+      not 0 <= decay_power < np.inf):
+    raise ValueError(
+        f"`decay_power` must be a static finite number >= 0 (the spectrum "
+        f"decays as 1/|f|^decay_power); got {decay_power!r}.")
+  return float(decay_power)
+
+
+def check_spatial_dims(spatial_dims: Any) -> int:
+  if (isinstance(spatial_dims, bool) or
+      not isinstance(spatial_dims, numbers.Integral) or
+      spatial_dims not in (1, 2, 3)):
+    raise ValueError(f"`spatial_dims` must be 1, 2 or 3 (or None to infer it "
+                     f"from a rank-4/5 batch); got {spatial_dims!r}.")
+  return int(spatial_dims)
+
+
+CHECKS = {"decay_power": check_decay_power,
+          "max_soft": functools.partial(C.check_probability, arg="max_soft"),
+          "spatial_dims": check_spatial_dims}
+
+
 def _channel_axis(images: Any, spatial_dims: Any, data_format: Any
                   ) -> tuple[Any, bool]:
   """``(images with a channel axis, whether one was added)`` for FMix."""
@@ -112,11 +137,7 @@ def _channel_axis(images: Any, spatial_dims: Any, data_format: Any
           "or `spatial_dims=2` for grey [B, H, W] images without a channel "
           "axis (2-D mask).")
     return images, False
-  if (isinstance(spatial_dims, bool) or
-      not isinstance(spatial_dims, numbers.Integral) or
-      spatial_dims not in (1, 2, 3)):
-    raise ValueError(f"`spatial_dims` must be 1, 2 or 3 (or None to infer it "
-                     f"from a rank-4/5 batch); got {spatial_dims!r}.")
+  spatial_dims = check_spatial_dims(spatial_dims)
   if ndim == spatial_dims + 1:
     if data_format == "NCHW":
       raise ValueError(
@@ -184,12 +205,7 @@ def fmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(3, 4, 5))
   alpha = C.check_alpha(alpha)
-  if (isinstance(decay_power, bool) or
-      not isinstance(decay_power, numbers.Real) or
-      not 0 <= decay_power < np.inf):
-    raise ValueError(
-        f"`decay_power` must be a static finite number >= 0 (the spectrum "
-        f"decays as 1/|f|^decay_power); got {decay_power!r}.")
+  decay_power = check_decay_power(decay_power)
   max_soft = C.check_probability(max_soft, arg="max_soft")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   k_lam, k_index, k_noise, k_coin = jax.random.split(key, 4)

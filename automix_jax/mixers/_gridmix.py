@@ -7,6 +7,7 @@ partner shows through a regular lattice of square holes.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -34,6 +35,15 @@ def _pair(value: Any, *, arg: str, integer: bool = False,
     raise ValueError(
         f"`{arg}` must satisfy 0 < lo <= hi{bound}; got {(lo, hi)}.")
   return (int(lo), int(hi)) if integer else (float(lo), float(hi))
+
+
+CHECKS = {
+    "n_holes": functools.partial(_pair, arg="n_holes", integer=True),
+    "hole_aspect_ratio": functools.partial(_pair, arg="hole_aspect_ratio"),
+    "cut_area_ratio": functools.partial(_pair, arg="cut_area_ratio",
+                                        upper=1.0),
+    "cut_aspect_ratio": functools.partial(_pair, arg="cut_aspect_ratio"),
+}
 
 
 def _floor_i32(x: Array) -> Array:

@@ -7,7 +7,6 @@ cells and takes the others from its partner.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import jax
@@ -17,37 +16,22 @@ import numpy as np
 from automix_jax.mixers import _common as C
 
 
-def _positive_int(value: Any, arg: str) -> int:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
-      value < 1):
-    raise ValueError(f"`{arg}` must be a positive int; got {value!r}.")
-  return int(value)
-
-
-def _default_side(side: int) -> int:
-  """Cells along a side by default: 4, else the largest of 3, 2 dividing it."""
-  return next((n for n in (4, 3, 2) if side % n == 0), 1)
+CHECKS = {"mask_patch": lambda v: C.check_positive_int(v, arg="mask_patch"),
+          "grid": lambda v: C.check_grid(v, arg="grid")}
 
 
 def _grid(height: int, width: int, mask_patch: Any, grid: Any
           ) -> tuple[int, int]:
   """``(gh, gw)`` from ``grid``, ``ceil(side / mask_patch)`` or the default."""
   if grid is not None:
-    if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
-      grid = (grid, grid)
-    try:
-      gh, gw = grid
-    except (TypeError, ValueError):
-      raise ValueError(
-          f"`grid` must be an int n or a pair (gh, gw); got {grid!r}.") from None
-    gh, gw = _positive_int(gh, "grid"), _positive_int(gw, "grid")
+    gh, gw = C.check_grid(grid, arg="grid")
     source = f"`grid` = {(gh, gw)}"
   elif mask_patch is not None:
-    patch = _positive_int(mask_patch, "mask_patch")
+    patch = C.check_positive_int(mask_patch, arg="mask_patch")
     gh, gw = math.ceil(height / patch), math.ceil(width / patch)
     source = f"`mask_patch` = {patch} (grid ceil(side / mask_patch) = {(gh, gw)})"
   else:
-    gh, gw = _default_side(height), _default_side(width)
+    gh, gw = C.default_cells(height), C.default_cells(width)
     source = f"the default grid {(gh, gw)} (4, 3 or 2 cells per side)"
   if height % gh or width % gw:
     raise ValueError(

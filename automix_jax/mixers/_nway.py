@@ -6,6 +6,7 @@ generalising MixUp (Zhang et al., ICLR 2018, arXiv 1710.09412).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -16,6 +17,23 @@ import numpy as np
 from automix_jax.mixers import _common as C
 
 WEIGHTS = ("beta_normalized", "dirichlet")
+
+
+def check_num_images(num_images: Any, batch_size: int | None = None) -> int:
+  bound = "batch size" if batch_size is None else f"batch size ({batch_size})"
+  if (isinstance(num_images, bool) or
+      not isinstance(num_images, numbers.Integral) or num_images < 2 or
+      (batch_size is not None and num_images > batch_size)):
+    raise ValueError(
+        f"`num_images` must be an int with 2 <= num_images <= {bound}; got "
+        f"{num_images!r}.")
+  return int(num_images)
+
+
+CHECKS = {"num_images": check_num_images,
+          "weights": C.choice_check(WEIGHTS, "weights"),
+          "identity_first": functools.partial(C.check_static_bool,
+                                              arg="identity_first")}
 
 
 def draw_weights(key: jax.Array, alpha: float, num_images: int, rows: int,
@@ -39,17 +57,6 @@ def draw_weights(key: jax.Array, alpha: float, num_images: int, rows: int,
                    1.0 / num_images)
 
 
-def check_weight_rows(weights: Any, *, arg: str, axis: int = -1) -> None:
-  """Weights non-negative and summing to 1 along ``axis`` (``check_value``)."""
-  def predicate(xp, w):
-    total = xp.sum(w, axis=axis)
-    ok = xp.all(w >= 0) & xp.all(xp.abs(total - 1) <= 1e-5)
-    return ok, {"lo": xp.min(w), "s_lo": xp.min(total), "s_hi": xp.max(total)}
-  C.check_value((weights,), predicate,
-                f"`{arg}` must be non-negative and sum to 1 over the N images; "
-                "got min {lo}, sums in [{s_lo}, {s_hi}].")
-
-
 def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
   shape = getattr(lam, "shape", None)
   if shape is None or tuple(shape) not in ((num_images,),
@@ -58,7 +65,7 @@ def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
         f"`lam` must be weights of shape [N] = ({num_images},) or [B, N] = "
         f"({batch_size}, {num_images}); got "
         f"{tuple(shape) if shape is not None else type(lam).__name__}.")
-  check_weight_rows(lam, arg="lam")
+  C.check_weight_rows(lam, arg="lam")
   return jnp.broadcast_to(jnp.asarray(lam, jnp.float32),
                           (batch_size, num_images))
 
@@ -148,13 +155,7 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(2, 3, 4, 5))
   alpha = C.check_alpha(alpha)
-  if (isinstance(num_images, bool) or
-      not isinstance(num_images, numbers.Integral) or
-      not 2 <= num_images <= batch_size):
-    raise ValueError(
-        f"`num_images` must be an int with 2 <= num_images <= batch size "
-        f"({batch_size}); got {num_images!r}.")
-  num_images = int(num_images)
+  num_images = check_num_images(num_images, batch_size)
   C.check_choice(weights, WEIGHTS, arg="weights")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
@@ -162,9 +163,7 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     raise ValueError(
         f'`partner="flip"` pairs each sample with one partner, so it needs '
         f"num_images == 2; got {num_images}. Use \"permutation\" or \"roll\".")
-  if not isinstance(identity_first, bool):
-    raise ValueError(
-        f"`identity_first` must be a bool; got {identity_first!r}.")
+  C.check_static_bool(identity_first, arg="identity_first")
   if not identity_first and partner != "permutation":
     raise ValueError(
         f'`identity_first=False` permutes every image and needs '

@@ -68,6 +68,9 @@ def draw_tau(key: Array, n: int, *, alpha: float, scope: tuple[float, float],
 
 
 NEAREST_RULES = ("exact", "torch")
+CHECKS = {"scope": functools.partial(C.check_range, arg="scope"),
+          "use_alpha": functools.partial(C.check_static_bool, arg="use_alpha"),
+          "nearest": C.choice_check(NEAREST_RULES, "nearest")}
 
 
 def nearest_source(box: Array, height: int, width: int, rule: str = "exact"
@@ -148,7 +151,7 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   batch_size = C.check_batch(images, labels)
   alpha = C.check_alpha(alpha)
   scope = C.check_range(scope, arg="scope")
-  use_alpha = B_.check_bool(use_alpha, arg="use_alpha")
+  use_alpha = C.check_static_bool(use_alpha, arg="use_alpha")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
   C.check_choice(nearest, NEAREST_RULES, arg="nearest")

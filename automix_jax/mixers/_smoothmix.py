@@ -26,6 +26,18 @@ def gaussian_mask(centre: jax.Array, sigma: jax.Array, height: int,
   return jnp.exp(-0.5 * (dy * dy + dx * dx))
 
 
+def check_sigma_scope(sigma_scope: Any) -> tuple[float, float]:
+  lo, hi = C.check_range(sigma_scope, arg="sigma_scope", high=float("inf"))
+  if not lo > 0 or hi == float("inf"):
+    raise ValueError(
+        f"`sigma_scope` must be a finite pair (lo, hi) with 0 < lo <= hi "
+        f"(σ as a fraction of the image side); got {tuple(sigma_scope)}.")
+  return lo, hi
+
+
+CHECKS = {"sigma_scope": check_sigma_scope}
+
+
 def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
               alpha: float = 0.2, sigma_scope: Any = (0.25, 0.5),
               lam_scope: str = "batch", partner: str = "permutation",
@@ -71,11 +83,7 @@ def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   C.check_alpha(alpha)
-  lo, hi = C.check_range(sigma_scope, arg="sigma_scope", high=float("inf"))
-  if not lo > 0 or hi == float("inf"):
-    raise ValueError(
-        f"`sigma_scope` must be a finite pair (lo, hi) with 0 < lo <= hi "
-        f"(σ as a fraction of the image side); got {tuple(sigma_scope)}.")
+  lo, hi = check_sigma_scope(sigma_scope)
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   k_index, k_centre, k_sigma = jax.random.split(key, 3)
   index = C.resolve_index(k_index, batch_size, partner, index)
