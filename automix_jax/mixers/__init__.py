@@ -43,6 +43,7 @@ from automix_jax.mixers._nway import nway_mixup
 from automix_jax.mixers._resizemix import resizemix
 from automix_jax.mixers._saliencymix import saliencymix
 from automix_jax.mixers._smoothmix import smoothmix
+from automix_jax.mixers._timm import Mixup
 
 register("mixup")(mixup)
 register("cutmix", checks=_cutmix.CHECKS)(cutmix)

@@ -170,6 +170,30 @@ def check_center(center: Any, batch_size: int, height: int, width: int,
   return jnp.broadcast_to(jnp.asarray(center, jnp.int32), (batch_size, 2))
 
 
+def check_box(box: Any, n: int, height: int, width: int, *,
+              arg: str = "box") -> Array:
+  """An explicit box ``(y1, y2, x1, x2)``: integer ``[4]`` or ``[n, 4]``, half-open
+  and inside the image -> ``[n, 4]`` int32."""
+  shape = tuple(jnp.shape(box))
+  if shape not in ((4,), (n, 4)):
+    raise ValueError(f"`{arg}` must be integer (y1, y2, x1, x2) of shape [4] "
+                     f"or [n, 4] = ({n}, 4); got {shape}.")
+  box = jnp.asarray(box) if not hasattr(box, "dtype") else box
+  if not jnp.issubdtype(box.dtype, jnp.integer):
+    raise ValueError(f"`{arg}` must be integer pixel coordinates; got dtype "
+                     f"{box.dtype}.")
+
+  def predicate(xp, b):
+    b = b.reshape(-1, 4)
+    ok = ((0 <= b[:, 0]) & (b[:, 0] <= b[:, 1]) & (b[:, 1] <= height) &
+          (0 <= b[:, 2]) & (b[:, 2] <= b[:, 3]) & (b[:, 3] <= width))
+    return ok, {"first": b[0]}
+  C.check_value((box,), predicate,
+                f"`{arg}` rows must satisfy 0 <= y1 <= y2 <= {height} and "
+                f"0 <= x1 <= x2 <= {width}; got e.g. {{first}}.")
+  return jnp.broadcast_to(jnp.asarray(box, jnp.int32), (n, 4))
+
+
 def draw_center(key: Array, batch_size: int, height: int, width: int,
                 lam_scope: str) -> Array:
   """Uniform integer centres ``[B, 2]``: one shared (batch scope) or one each."""
