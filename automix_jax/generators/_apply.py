@@ -97,30 +97,6 @@ def check_index_vector(index: Any, batch_size: int, *, arg: str) -> None:
   mc.check_index(index, batch_size, arg=arg)
 
 
-def check_index_matrix(indices: Any, batch_size: int, *, arg: str = "indices"
-                       ) -> int:
-  """``[B, N]`` integer sources (column i = image i of every sample); returns N.
-
-  The one layout of every N-way function (``AdaptiveMask``, ``apply_masks``,
-  ``nway_blend``, ``nway_mixup``).
-  """
-  shape = getattr(indices, "shape", None)
-  if shape is None or len(shape) != 2 or shape[0] != batch_size:
-    got = tuple(shape) if shape is not None else type(indices).__name__
-    raise ValueError(f"`{arg}` must be [B, N] = ({batch_size}, N) int, column "
-                     f"i the source of image i (docs/interfaces.md); got {got}.")
-  n = int(shape[1])
-  if not 2 <= n <= batch_size:
-    raise ValueError(f"`{arg}` [B, N] must hold 2 <= N <= B = {batch_size} "
-                     f"images per mix; got N = {n}.")
-  if not jnp.issubdtype(indices.dtype, jnp.integer):
-    raise ValueError(f"`{arg}` must be integer; got dtype {indices.dtype}.")
-  mc.check_in_range(indices, 0, batch_size,
-                    f"`{arg}` values must lie in [0, {batch_size}); got range "
-                    "[{lo}, {hi}].", closed=False)
-  return n
-
-
 def upsample(x: jax.Array, scale: int, mode: str) -> jax.Array:
   """``[B, h, w, C]`` -> ``[B, h*scale, w*scale, C]``.
 
@@ -256,7 +232,7 @@ def apply_masks(images: Any, labels: Any, masks: Any, lam: Any, index: Any
     mixed = mc.apply_mask(images, masks, index)
     return mixed, mc.mix_labels(labels, lam, index), {
         "mask": masks.astype(jnp.float32), "lam": lam, "index": index}
-  n = check_index_matrix(index, batch_size, arg="index")
+  n = mc.check_index_matrix(index, batch_size, arg="index")
   _check_masks(masks, (batch_size, h, w, n), "[B, H, W, N] =")
   lam = _check_lam_nway(lam, batch_size, n)
   index = jnp.asarray(index, jnp.int32)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from automix_jax.generators import _apply as G
+from automix_jax.mixers import _common as mc
 
 
 class AdaptiveMask(nn.Module):
@@ -74,7 +75,7 @@ class AdaptiveMask(nn.Module):
     G.check_upsample(self.upsample)
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
-    n = G.check_index_matrix(indices, b)
+    n = mc.check_index_matrix(indices, b)
     if self.lam_concat:
       if lam is None:
         raise ValueError("`lam` ([N] or [B, N]) is required when lam_concat=True.")

@@ -320,12 +320,41 @@ def check_index(index: Any, batch_size: int, *, arg: str = "index") -> Array:
     raise ValueError(
         f"`{arg}` must be an integer array of shape [B] = ({batch_size},); got "
         f"{tuple(shape) if shape is not None else type(index).__name__}.")
+  _check_batch_ids(index, batch_size, arg)
+  return jnp.asarray(index, jnp.int32)
+
+
+def _check_batch_ids(index: Array, batch_size: int, arg: str) -> None:
+  """Integer dtype and values in ``[0, B)`` (``check_value``)."""
   if not jnp.issubdtype(index.dtype, jnp.integer):
     raise ValueError(f"`{arg}` must be integer; got dtype {index.dtype}.")
   check_in_range(index, 0, batch_size,
                  f"`{arg}` values must lie in [0, {batch_size}); got range "
                  "[{lo}, {hi}].", closed=False)
-  return jnp.asarray(index, jnp.int32)
+
+
+def check_index_matrix(indices: Any, batch_size: int,
+                       num_images: int | None = None, *, arg: str = "indices"
+                       ) -> int:
+  """``[B, N]`` integer sources (column i = image i of every sample); returns N.
+
+  The one layout of every N-way function (``nway_mixup``; the generators'
+  ``AdaptiveMask``, ``apply_masks``, ``nway_blend``).
+  """
+  shape = getattr(indices, "shape", None)
+  if shape is None or len(shape) != 2 or shape[0] != batch_size:
+    got = tuple(shape) if shape is not None else type(indices).__name__
+    raise ValueError(f"`{arg}` must be [B, N] = ({batch_size}, N) int, column "
+                     f"i the source of image i (docs/interfaces.md); got {got}.")
+  n = int(shape[1])
+  if num_images is not None and n != num_images:
+    raise ValueError(f"`{arg}` must be [B, N] = ({batch_size}, {num_images}); "
+                     f"got {tuple(shape)}.")
+  if not 2 <= n <= batch_size:
+    raise ValueError(f"`{arg}` [B, N] must hold 2 <= N <= B = {batch_size} "
+                     f"images per mix; got N = {n}.")
+  _check_batch_ids(indices, batch_size, arg)
+  return n
 
 
 def resolve_index(key: Array, batch_size: int, partner: str,

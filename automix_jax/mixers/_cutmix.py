@@ -1,7 +1,7 @@
 """CutMix (Yun et al., ICCV 2019, arXiv 1905.04899) and shared box helpers.
 
 The box follows timm / torchvision / OpenMixup exactly (see
-``/work/shared/reference/mixers.md`` §2)::
+the reference survey ``shared/reference/mixers.md`` §2)::
 
   r = sqrt(1 - λ);  cut_h = floor(H r);  cut_w = floor(W r)
   rows [clip(cy - cut_h // 2, 0, H), clip(cy + cut_h // 2, 0, H))

@@ -70,22 +70,6 @@ def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
                           (batch_size, num_images))
 
 
-def _check_indices(indices: Any, batch_size: int, num_images: int
-                   ) -> jax.Array:
-  shape = getattr(indices, "shape", None)
-  if shape is None or tuple(shape) != (batch_size, num_images):
-    raise ValueError(
-        f"`indices` must be an integer array of shape [B, N] = ({batch_size}, "
-        f"{num_images}); got "
-        f"{tuple(shape) if shape is not None else type(indices).__name__}.")
-  if not jnp.issubdtype(indices.dtype, jnp.integer):
-    raise ValueError(f"`indices` must be integer; got dtype {indices.dtype}.")
-  C.check_in_range(indices, 0, batch_size,
-                   f"`indices` values must lie in [0, {batch_size}); got "
-                   "range [{lo}, {hi}].", closed=False)
-  return jnp.asarray(indices, jnp.int32)
-
-
 def draw_indices(key: jax.Array, batch_size: int, num_images: int,
                  partner: str = "permutation", identity_first: bool = True
                  ) -> jax.Array:
@@ -180,7 +164,8 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     index = draw_indices(k_index, batch_size, num_images, partner,
                          identity_first)
   else:
-    index = _check_indices(indices, batch_size, num_images)
+    C.check_index_matrix(indices, batch_size, num_images)
+    index = jnp.asarray(indices, jnp.int32)
 
   # Accumulate in at least float32 (bf16 images), cast once at the end.
   acc_dtype = jnp.promote_types(images.dtype, jnp.float32)

@@ -1,28 +1,14 @@
 """The AdaptiveMask training example of docs/interfaces.md runs as written."""
 
-import pathlib
-import re
-
 import jax
 import numpy as np
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "interfaces.md"
-
-
-def _example():
-  text = DOC.read_text()
-  section = text[text.index("## Learned masks: one layout"):]
-  section = section[:section.index("\n## ", 1)]
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-  assert len(blocks) == 1
-  return blocks[0]
+from tests._docs import run_section
 
 
 def test_adaptive_mask_training_example_runs_and_learns():
-  code = _example()
-  assert len(code.strip().splitlines()) <= 20
-  scope = {}
-  exec(compile(code, str(DOC), "exec"), scope)  # pylint: disable=exec-used
+  scope = run_section("docs/interfaces.md", "## Learned masks: one layout", 1)
+  assert scope["__example_lines__"] == [20]            # at most 20 lines
   first = scope["gen"].init(scope["key"], scope["features"], scope["index"],
                             scope["lam"])["params"]
   assert np.isfinite(float(scope["value"]))
