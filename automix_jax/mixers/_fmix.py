@@ -2,8 +2,9 @@
 
 A grey map is drawn from a random complex spectrum whose amplitude decays as
 ``1 / |f|^d``; the positions holding its largest values form the binary mask of
-the sample's own image. Works on sequences ``[B, L, C]``, images ``[B, H, W, C]``
-and volumes ``[B, T, H, W, C]``.
+the sample's own image. Works on sequences ``[B, L, C]`` (``spatial_dims=1``),
+images ``[B, H, W, C]``, grey images ``[B, H, W]`` (``spatial_dims=2``) and
+volumes ``[B, T, H, W, C]``.
 """
 
 from __future__ import annotations

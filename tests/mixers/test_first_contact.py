@@ -245,6 +245,21 @@ def test_get_validates_keyword_names_and_values_when_binding():
   assert "alpha" in mixers.hyperparameter_names("cutmix")
 
 
+def test_trainer_config_mixers_fail_when_built_not_at_the_first_step():
+  ml_collections = pytest.importorskip("ml_collections")
+  from automix_jax.train import static  # pylint: disable=g-import-not-at-top
+  config = lambda name, **kw: ml_collections.ConfigDict(
+      {"mixer": {"name": name, "kwargs": kw}})
+  with pytest.raises(ValueError, match="alhpa"):
+    static.build_mixer(config("mixup", alhpa=1.0))
+  with pytest.raises(ValueError, match="lam_scope"):
+    static.build_mixer(config("cutmix", lam_scope="pixel"))
+  # attentivemix from a config (no per-call scores) mixes by cell saliency.
+  x, y = _batch(h=16, w=16)
+  _, _, aux = static.build_mixer(config("attentivemix"))(jax.random.key(0), x, y)
+  assert aux["mask"].shape == (B, 16, 16, 1)
+
+
 def test_switch_accepts_names_and_names_a_mismatched_branch():
   x, y = _batch()
   out = jax.jit(lambda k: mixers.switch(k, x, y, mixers=["mixup", "cutmix"]))(
@@ -287,7 +302,7 @@ def _mesh(kind):
 
 
 @pytest.mark.parametrize("kind", ["Explicit", "Auto"])
-@pytest.mark.parametrize("name", MIXERS + ["Mixup"])
+@pytest.mark.parametrize("name", MIXERS + ["Mixup", "switch"])
 def test_every_mixer_runs_on_a_batch_sharded_mesh(name, kind):
   mesh = _mesh(kind)
   batch = jax.sharding.NamedSharding(mesh, jax.P("data"))
@@ -297,6 +312,9 @@ def test_every_mixer_runs_on_a_batch_sharded_mesh(name, kind):
     mixup = mixers.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem",
                          num_classes=K)
     fn = lambda k, x_, y_, hp_: mixup(k, x_, jnp.argmax(y_, -1))
+  elif name == "switch":
+    fn = lambda k, x_, y_, hp_: mixers.switch(k, x_, y_,
+                                              mixers=["mixup", "cutmix"])
   else:
     fn = lambda k, x_, y_, hp_: mixers.get(name)(k, x_, y_, **hp_)
   key = jax.random.key(2)
