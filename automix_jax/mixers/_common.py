@@ -19,8 +19,8 @@ labels[index[i]]``.
 Layout: images are channels-last. ``data_format="NCHW"`` (channels on axis 1,
 also for ``[B, C, L]`` and ``[B, C, T, H, W]``) is accepted by every mixer and
 transposed in and out. With the default ``data_format=None`` a rank-4/5 batch
-whose axis 1 has 1 or 3 entries while the last axis has more than 4
-(``[B, 3, 32, 32]``) is refused as probably NCHW; pass ``data_format="NHWC"``
+whose axis 1 has 1 or 3 entries while axis 2 and the last axis have more than
+4 (``[B, 3, 32, 32]``) is refused as probably NCHW; pass ``data_format="NHWC"``
 to mix such a batch as channels-last anyway.
 
 Validation. Shapes, dtypes and Python hyperparameters are checked at trace time,
@@ -101,8 +101,8 @@ def check_weight_rows(weights: Any, *, arg: str, axis: int = -1) -> None:
     ok = xp.all(w >= 0) & xp.all(xp.abs(total - 1) <= 1e-5)
     return ok, {"lo": xp.min(w), "s_lo": xp.min(total), "s_hi": xp.max(total)}
   check_value((weights,), predicate,
-                f"`{arg}` must be non-negative and sum to 1 over the N images; "
-                "got min {lo}, sums in [{s_lo}, {s_hi}].")
+              f"`{arg}` must be non-negative and sum to 1 over the N images; "
+              "got min {lo}, sums in [{s_lo}, {s_hi}].")
 
 
 def check_data_format(data_format: Any) -> str | None:
@@ -116,7 +116,7 @@ def channels_last(images: Any, data_format: Any) -> Any:
 
   ``data_format="NCHW"`` moves axis 1 last; ``"NHWC"`` leaves the batch as it
   is; ``None`` (the default) also leaves it, but refuses a rank-4/5 batch that
-  looks channels-first: axis 1 of size 1 or 3 and a last axis above 4
+  looks channels-first: axis 1 of size 1 or 3, axis 2 and the last axis above 4
   (``[B, 3, H, W]``, ``[B, 1, H, W]``), which a channels-last mixer would cut
   over (C, H) instead of (H, W).
   """
@@ -127,7 +127,7 @@ def channels_last(images: Any, data_format: Any) -> Any:
   if data_format == "NCHW":
     return jnp.moveaxis(images, 1, -1)
   if (data_format is None and len(shape) in (4, 5) and shape[1] in (1, 3)
-      and shape[-1] > 4):
+      and shape[2] > 4 and shape[-1] > 4):
     raise ValueError(
         f"`images` of shape {tuple(shape)} looks channels-first (NCHW: "
         f"{shape[1]} channels on axis 1); the mixers expect channels-last "
