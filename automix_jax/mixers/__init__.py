@@ -6,8 +6,10 @@ Every mixer has the signature::
 
 with ``images`` ``[B, H, W, C]`` float, ``labels`` ``[B, K]`` dense targets and
 ``aux`` holding at least ``lam`` (``[B]``, own-label weight) and ``index`` (``[B]``,
-partner). See ``automix_jax/mixers/_common.py`` for the full contract. This
-package imports only jax and numpy.
+partner). See ``automix_jax/mixers/_common.py`` for the full contract (layouts,
+``data_format``, value checks under jit). ``Mixup`` is timm's ``Mixup`` as one
+pure call ``(key, images, int_labels) -> (images, soft_targets)``. This package
+imports only jax and numpy.
 """
 
 from automix_jax.mixers import _attentive

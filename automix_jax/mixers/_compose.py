@@ -44,9 +44,16 @@ def names() -> tuple[str, ...]:
 
 
 def hyperparameter_names(name: str) -> tuple[str, ...]:
-  """The keyword-only hyperparameters of the mixer called ``name``."""
+  """The hyperparameters (keywords after ``key, images, labels``) of ``name``."""
+  params = list(inspect.signature(_lookup(name)).parameters.values())[3:]
+  kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+           inspect.Parameter.KEYWORD_ONLY)
+  return tuple(p.name for p in params if p.kind in kinds)
+
+
+def _takes_any_keyword(name: str) -> bool:
   params = inspect.signature(_lookup(name)).parameters.values()
-  return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+  return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _lookup(name: Any) -> Mixer:
@@ -69,7 +76,7 @@ def get(name: str, **hyperparameters: Any) -> Mixer:
   fn = _lookup(name)
   allowed = hyperparameter_names(name)
   for key, value in hyperparameters.items():
-    if key not in allowed:
+    if key not in allowed and not _takes_any_keyword(name):
       close = difflib.get_close_matches(key, allowed, n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
       raise ValueError(
