@@ -10,7 +10,6 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from automix_jax.mixers import _common as mc  # jax + numpy only.
 
