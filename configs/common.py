@@ -73,7 +73,7 @@ OPENMIXUP_CIFAR_MIXERS = {
     "resizemix": ("resizemix", {"alpha": 1.0}),
     "gridmix": ("gridmix", {"alpha": 0.2}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
-    "maskmix": ("maskmix", {"alpha": 1.0}),
+    "maskmix": ("maskmix", {"alpha": 1.0, "grid": 4}),  # 8-px cells at 32 px
 }
 
 

@@ -135,6 +135,7 @@ def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
     masks = method.masks(gen_params, feats, perms, lam_arr, image_hw)
     mixed, _, _ = generators.apply_masks(images, jnp.eye(b, dtype=jnp.float32),
                                          masks, lam_arr, perms.T)
+    masks = jnp.moveaxis(masks, -1, 1)                   # [B, N, H, W]
   sources = jnp.stack([images[p] for p in perms], axis=1)
   return jax.device_get({"sources": sources, "masks": masks, "mixed": mixed,
                          "lam": lam_arr})

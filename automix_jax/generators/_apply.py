@@ -10,7 +10,8 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from automix_jax.mixers import _common as mc  # jax + numpy only.
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -34,6 +35,11 @@ def check_features(features: Any, *, arg: str = "features") -> tuple[int, ...]:
     raise ValueError(f"`{arg}` must be floating point; got dtype {dtype}.")
   if min(shape) < 1:
     raise ValueError(f"`{arg}` has an empty dimension: {tuple(shape)}.")
+  if shape[2] == shape[3] and shape[1] > 4 * shape[3]:
+    raise ValueError(
+        f"`{arg}` of shape {tuple(shape)} looks channels-first (NCHW [B, C, h, "
+        f"w] with C = {shape[1]}); the generators take NHWC [B, h, w, C] "
+        f"feature maps: pass `jnp.moveaxis({arg}, 1, -1)`.")
   return tuple(int(s) for s in shape)
 
 
@@ -76,22 +82,18 @@ def check_image_size(image_size: Optional[Sequence[int]], h: int, w: int,
     raise ValueError(
         f"`scale`={scale} maps the {h}x{w} feature map to "
         f"{h * scale}x{w * scale}, but the images are {ih}x{iw}; the mask must "
-        f"cover the image exactly{hint}.")
+        f"cover the image exactly{hint}. (Features must be NHWC [B, h, w, C]; "
+        f"move the channels of an NCHW map last with jnp.moveaxis(x, 1, -1).)")
 
 
 def check_index_vector(index: Any, batch_size: int, *, arg: str) -> None:
+  """``[B]`` integer indices into the batch (values as in the mixers)."""
   shape = getattr(index, "shape", None)
   if shape is None or tuple(shape) != (batch_size,):
     raise ValueError(f"`{arg}` must be an integer array of shape [B] = "
                      f"({batch_size},); got "
                      f"{tuple(shape) if shape is not None else type(index).__name__}.")
-  if not jnp.issubdtype(index.dtype, jnp.integer):
-    raise ValueError(f"`{arg}` must be integer; got dtype {index.dtype}.")
-  if not isinstance(index, jax.core.Tracer):
-    idx = np.asarray(index)
-    if idx.min() < 0 or idx.max() >= batch_size:
-      raise ValueError(f"`{arg}` values must lie in [0, {batch_size}); got "
-                       f"[{idx.min()}, {idx.max()}].")
+  mc.check_index(index, batch_size, arg=arg)
 
 
 def upsample(x: jax.Array, scale: int, mode: str) -> jax.Array:
@@ -127,61 +129,81 @@ def _check_lam_nway(lam: Any, batch_size: int, n: int) -> jax.Array:
     raise ValueError(f"`lam` must have shape [N] = ({n},) or [B, N] = "
                      f"({batch_size}, {n}) for N-way masks; got "
                      f"{tuple(shape) if shape is not None else type(lam).__name__}.")
+  mc.check_weight_rows(lam, arg="lam")
   return jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (batch_size, n))
-
-
-def _check_lam_2way(lam: Any, batch_size: int) -> jax.Array:
-  if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
-    lam = np.float32(lam)
-  shape = getattr(lam, "shape", None)
-  if shape is None or tuple(shape) not in ((), (batch_size,)):
-    raise ValueError(f"`lam` must be a scalar or [B] = ({batch_size},) for "
-                     f"two-way masks; got "
-                     f"{tuple(shape) if shape is not None else type(lam).__name__}.")
-  return jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (batch_size,))
 
 
 def nway_labels(labels: jax.Array, lam: jax.Array, index: jax.Array
                 ) -> jax.Array:
   """``Σ_i lam[b, i] * labels[index[b, i]]``: ``[B, K]`` from lam/index ``[B, N]``."""
   return jnp.einsum("bn,bnk->bk", lam.astype(jnp.float32),
-                    labels[index].astype(jnp.float32)).astype(labels.dtype)
+                    mc.take(labels, index).astype(jnp.float32)
+                    ).astype(labels.dtype)
 
 
 def nway_blend(images: jax.Array, weights: jax.Array, index: jax.Array
                ) -> jax.Array:
-  """``Σ_i weights[:, i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
+  """``Σ_i weights[..., i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
 
   Args:
     images: ``[B, H, W, C]``.
-    weights: ``[B, N, H, W]`` per-pixel masks or ``[B, N]`` per-sample weights
-      (plain N-way mixup).
-    index: ``[B, N]`` int, the source sample of channel i.
+    weights: ``[B, H, W, N]`` per-pixel masks (channel i weights image i) or
+      ``[B, N]`` per-sample weights (plain N-way mixup).
+    index: ``[B, N]`` int, the source sample of image i.
   """
   out = None
   for i in range(index.shape[1]):
-    w = weights[:, i]
+    w = weights[..., i]
     w = w[..., None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
-    term = w.astype(images.dtype) * images[index[:, i]]
+    term = w.astype(images.dtype) * mc.take(images, index[:, i])
     out = term if out is None else out + term
   return out
+
+
+def _check_masks(masks: Any, shape: tuple[int, ...], what: str) -> None:
+  """Masks of ``shape`` with values in [0, 1] (and, N-way, summing to 1)."""
+  got = tuple(getattr(masks, "shape", ()))
+  if got != shape:
+    raise ValueError(f"`masks` must be {what} {list(shape)}; got {got}.")
+  if not jnp.issubdtype(masks.dtype, jnp.floating):
+    raise ValueError(f"`masks` must be floating point; got {masks.dtype}.")
+  two_way = shape[-1] == 1
+
+  def predicate(xp, m):
+    total = m[..., 0] if two_way else xp.sum(m, axis=-1)
+    ok = (xp.all((m >= 0) & (m <= 1)) &
+          (two_way or xp.all(xp.abs(total - 1) <= 1e-4)))
+    return ok, {"lo": xp.min(m), "hi": xp.max(m), "s_lo": xp.min(total),
+                "s_hi": xp.max(total)}
+  rule = ("lie in [0, 1]" if two_way else
+          "lie in [0, 1] and sum to 1 over the N images at every pixel")
+  mc.check_value((masks,), predicate,
+                 f"`masks` must {rule}; got values in [{{lo}}, {{hi}}]"
+                 + ("" if two_way else ", sums in [{s_lo}, {s_hi}]") + ".")
 
 
 def apply_masks(images: Any, labels: Any, masks: Any, lam: Any, index: Any
                 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Mixes a batch under generator masks, returning the mixers' contract.
 
+  One layout (docs/interfaces.md): masks are channels-last ``[B, H, W, N]``
+  with channel i the per-pixel weight of ``x[index[:, i]]``; indices are
+  ``[B, N]``; what goes in comes back in ``aux``.
+
   Two-way (AutoMix, Liu et al., ECCV 2022, arXiv 2103.13027), ``index`` ``[B]``:
-    ``masks`` ``[B, H, W, 1]`` is the weight of each sample's *own* image (for the
-    :class:`PixelMixBlock` output ``s`` that is ``1 - s``); ``lam`` a scalar or
-    ``[B]`` is the own-label weight. ``x̃ = m ⊙ x + (1 - m) ⊙ x[index]``.
+    ``masks`` ``[B, H, W, 1]`` is the weight of each sample's *own* image (the
+    :class:`PixelMixBlock` output), in [0, 1]; ``lam`` a scalar or ``[B]`` in
+    [0, 1] is the own-label weight. ``x̃ = m ⊙ x + (1 - m) ⊙ x[index]``.
 
   N-way (AdAutoMix, Qin et al., ICLR 2024, arXiv 2312.11954), ``index`` ``[B, N]``:
-    ``masks`` ``[B, N, H, W]`` (channel i weights ``x[index[:, i]]``; the
-    :class:`AdaptiveMask` output), ``lam`` ``[N]`` or ``[B, N]``.
-    ``x̃ = Σ_i M_i ⊙ x[index[:, i]]``, ``ỹ = Σ_i λ_i y[index[:, i]]``.
+    ``masks`` ``[B, H, W, N]`` summing to 1 over N (the :class:`AdaptiveMask`
+    output for the same ``index``), ``lam`` ``[N]`` or ``[B, N]`` with rows
+    summing to 1. ``x̃ = Σ_i M_i ⊙ x[index[:, i]]``,
+    ``ỹ = Σ_i λ_i y[index[:, i]]``.
 
   Labels are mixed with λ, not with the mask areas, as both reference methods do.
+  Values (index range, masks in [0, 1] summing to 1, λ) are checked as in the
+  mixers: ``ValueError`` when concrete, ``checkify`` checks under ``jit``.
 
   Args:
     images: ``[B, H, W, C]`` floating.
@@ -195,7 +217,6 @@ def apply_masks(images: Any, labels: Any, masks: Any, lam: Any, index: Any
     'lam': [B], 'index': [B]}``; N-way ``aux = {'mask': [B, H, W, N],
     'lam': [B, N], 'index': [B, N]}``.
   """
-  from automix_jax.mixers import _common as mc  # jax + numpy only.
   batch_size = mc.check_batch(images, labels)
   _, h, w, _ = images.shape
   ishape = getattr(index, "shape", None)
@@ -203,27 +224,17 @@ def apply_masks(images: Any, labels: Any, masks: Any, lam: Any, index: Any
     raise ValueError(f"`index` must be [B] (two-way) or [B, N] (N-way) with B = "
                      f"{batch_size}; got "
                      f"{tuple(ishape) if ishape is not None else type(index).__name__}.")
-  if not jnp.issubdtype(index.dtype, jnp.integer):
-    raise ValueError(f"`index` must be integer; got dtype {index.dtype}.")
-  mshape = tuple(getattr(masks, "shape", ()))
   if len(ishape) == 1:
-    if mshape != (batch_size, h, w, 1):
-      raise ValueError(f"`masks` must be the own-image weight [B, H, W, 1] = "
-                       f"{(batch_size, h, w, 1)} for two-way mixing; got {mshape}.")
+    _check_masks(masks, (batch_size, h, w, 1), "the own-image weight [B, H, W, 1] =")
     index = mc.check_index(index, batch_size)
-    lam = _check_lam_2way(lam, batch_size)
+    lam = mc.check_lam(lam, batch_size)
     mixed = mc.apply_mask(images, masks, index)
     return mixed, mc.mix_labels(labels, lam, index), {
         "mask": masks.astype(jnp.float32), "lam": lam, "index": index}
-  n = ishape[1]
-  if n < 2:
-    raise ValueError(f"`index` [B, N] needs N >= 2 sources; got N = {n}.")
-  if mshape != (batch_size, n, h, w):
-    raise ValueError(f"`masks` must be [B, N, H, W] = {(batch_size, n, h, w)} for "
-                     f"N-way mixing; got {mshape}.")
+  n = mc.check_index_matrix(index, batch_size, arg="index")
+  _check_masks(masks, (batch_size, h, w, n), "[B, H, W, N] =")
   lam = _check_lam_nway(lam, batch_size, n)
   index = jnp.asarray(index, jnp.int32)
   mixed = nway_blend(images, masks, index)
   return mixed, nway_labels(labels, lam, index), {
-      "mask": jnp.moveaxis(masks, 1, -1).astype(jnp.float32), "lam": lam,
-      "index": index}
+      "mask": masks.astype(jnp.float32), "lam": lam, "index": index}

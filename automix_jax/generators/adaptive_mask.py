@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from automix_jax.generators import _apply as G
+from automix_jax.mixers import _common as mc
 
 
 class AdaptiveMask(nn.Module):
@@ -50,37 +51,31 @@ class AdaptiveMask(nn.Module):
                lam: Optional[Any] = None, *,
                image_size: Optional[Sequence[int]] = None,
                return_logits: bool = False):
-    """Masks for the N sources ``x[indices[i]]``.
+    """Masks for the N sources ``x[indices[:, i]]`` (docs/interfaces.md).
 
     Args:
-      features: ``[B, h, w, C]`` EMA-encoder stage features of the clean batch.
-      indices: ``[N, B]`` int; image i of sample b is ``x[indices[i, b]]`` (the
-        reference's N=2 path uses ``indices[0] = arange(B)``).
+      features: ``[B, h, w, C]`` (NHWC) EMA-encoder stage features of the
+        clean batch.
+      indices: ``[B, N]`` int; image i of sample b is ``x[indices[b, i]]``, as
+        in ``apply_masks`` and ``nway_mixup`` (the reference's N=2 path uses
+        ``indices[:, 0] = arange(B)``).
       lam: ``[N]`` (one λ vector per batch, as the reference) or ``[B, N]``;
         required iff ``lam_concat``.
       image_size: optional ``(H, W)`` that ``scale`` must map ``(h, w)`` onto.
       return_logits: also return the upsampled per-image logits.
 
     Returns:
-      ``masks`` ``[B, N, h*scale, w*scale]`` float32 summing to 1 over N; with
-      ``return_logits`` the pair ``(masks, logits)`` (logits ``[B, N, H, W]``).
+      ``masks`` ``[B, h*scale, w*scale, N]`` float32 summing to 1 over N,
+      channel i the weight of ``x[indices[:, i]]`` (``apply_masks``' input);
+      with ``return_logits`` the pair ``(masks, logits)`` (logits
+      ``[B, H, W, N]``).
     """
     b, h, w, c = G.check_features(features)
     scale = G.check_scale(self.scale)
     G.check_upsample(self.upsample)
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
-    ishape = getattr(indices, "shape", None)
-    if ishape is None or len(ishape) != 2 or ishape[1] != b:
-      got = (tuple(ishape) if ishape is not None else type(indices).__name__)
-      raise ValueError(f"`indices` must be [N, B] = (N, {b}) int; got {got}.")
-    n = int(ishape[0])
-    if n < 2:
-      raise ValueError(f"`indices` must hold N >= 2 images to mix; got N = {n}.")
-    if n > b:
-      raise ValueError(f"N = {n} images per mix exceeds the batch size {b}.")
-    for i in range(n):
-      G.check_index_vector(indices[i], b, arg=f"indices[{i}]")
+    n = mc.check_index_matrix(indices, b)
     if self.lam_concat:
       if lam is None:
         raise ValueError("`lam` ([N] or [B, N]) is required when lam_concat=True.")
@@ -88,7 +83,8 @@ class AdaptiveMask(nn.Module):
         raise ValueError(f"`lam` must be [N] = ({n},) or [B, N] = ({b}, {n}); got "
                          f"{tuple(jnp.shape(lam))}.")
 
-    z = features.astype(self.dtype)[indices]                  # [N, B, h, w, C]
+    # Computed source-major, [N, B, ...], as the reference stacks its inputs.
+    z = features.astype(self.dtype)[indices.T]                # [N, B, h, w, C]
     if self.lam_concat:
       lam_bn = jnp.broadcast_to(jnp.asarray(lam, self.dtype), (b, n))
       lam_map = jnp.broadcast_to(lam_bn.T[:, :, None, None, None], (n, b, h, w, 1))
@@ -114,7 +110,4 @@ class AdaptiveMask(nn.Module):
     # Upsample the logits first, then normalise over images (§7.3).
     s = G.upsample(s, scale, self.upsample)
     masks = jax.nn.softmax(s, axis=-1)
-    masks = jnp.transpose(masks, (0, 3, 1, 2))
-    if return_logits:
-      return masks, jnp.transpose(s, (0, 3, 1, 2))
-    return masks
+    return (masks, s) if return_logits else masks

@@ -6,6 +6,9 @@ Behaviour follows OpenMixup's ``PixelMixBlock`` as established by running it
 sample and its partner (no activation, no norm), a 1-channel ``value`` conv sees the
 partner only, ``P = softmax(q_a k_bᵀ / √d)``, and the mask is
 ``s = sigmoid(upsample_nearest(P v_b))``, the per-pixel weight of the *partner*.
+The module returns the sample's *own* weight ``1 - s = sigmoid(-z)`` (``z`` the
+upsampled logit), the mask layout of ``apply_masks`` and every mixer
+(docs/interfaces.md).
 """
 
 from __future__ import annotations
@@ -48,19 +51,22 @@ class PixelMixBlock(nn.Module):
                lam: Optional[Any] = None, *,
                image_size: Optional[Sequence[int]] = None,
                return_logits: bool = False):
-    """Mask of the partner ``x[index]``.
+    """Own-image weight of the mix of ``x`` with the partner ``x[index]``.
 
     Args:
-      features: ``[B, h, w, C]`` EMA-encoder features of the clean batch.
+      features: ``[B, h, w, C]`` (NHWC) EMA-encoder features of the clean
+        batch.
       index: ``[B]`` int partner of each sample.
       lam: scalar or ``[B]`` own-label weight; required iff ``lam_concat``.
       image_size: optional ``(H, W)``; if given, ``scale`` must map ``(h, w)`` onto it.
       return_logits: also return the upsampled pre-sigmoid logits.
 
     Returns:
-      ``s`` ``[B, h*scale, w*scale, 1]`` float32 in ``[0, 1]``: the weight of the
-      partner's image (the sample's own weight is ``1 - s``); with
-      ``return_logits`` the pair ``(s, logits)``.
+      ``m`` ``[B, h*scale, w*scale, 1]`` float32 in ``[0, 1]``: the weight of
+      the sample's own image, ``x̃ = m ⊙ x + (1 - m) ⊙ x[index]`` (what
+      ``apply_masks`` takes; the reference's partner mask is ``s = 1 - m``);
+      with ``return_logits`` the pair ``(m, logits)``, ``m = sigmoid(logits)``
+      (the reference's ``s = sigmoid(-logits)``).
     """
     b, h, w, c = G.check_features(features)
     scale = G.check_scale(self.scale)
@@ -95,5 +101,6 @@ class PixelMixBlock(nn.Module):
     attn = jax.nn.softmax(attn, axis=-1)
     logits = jnp.einsum("bpq,bqo->bpo", attn, v.astype(jnp.float32))
     logits = G.upsample(logits.reshape(b, h, w, 1), scale, self.upsample)
-    s = jax.nn.sigmoid(logits)
-    return (s, logits) if return_logits else s
+    own_logits = -logits   # own weight 1 - sigmoid(z) = sigmoid(-z)
+    own = jax.nn.sigmoid(own_logits)
+    return (own, own_logits) if return_logits else own

@@ -6,19 +6,31 @@ Every mixer has the signature::
 
 with ``images`` ``[B, H, W, C]`` float, ``labels`` ``[B, K]`` dense targets and
 ``aux`` holding at least ``lam`` (``[B]``, own-label weight) and ``index`` (``[B]``,
-partner). See ``automix_jax/mixers/_common.py`` for the full contract. This
-package imports only jax and numpy.
+partner). See ``automix_jax/mixers/_common.py`` for the full contract (layouts,
+``data_format``, value checks under jit). ``Mixup`` is timm's ``Mixup`` as one
+pure call ``(key, images, int_labels) -> (images, soft_targets)``. This package
+imports only jax and numpy.
 """
 
+from automix_jax.mixers import _attentive
+from automix_jax.mixers import _cutmix
+from automix_jax.mixers import _fmix
+from automix_jax.mixers import _gridmix
+from automix_jax.mixers import _maskmix
+from automix_jax.mixers import _nway
+from automix_jax.mixers import _resizemix
+from automix_jax.mixers import _smoothmix
 from automix_jax.mixers._attentive import attentive_grid_mix
 from automix_jax.mixers._common import LAM_SCOPES
 from automix_jax.mixers._common import PARTNERS
 from automix_jax.mixers._common import apply_mask
+from automix_jax.mixers._common import check_class_ids
 from automix_jax.mixers._common import draw_lam
 from automix_jax.mixers._common import draw_partner
 from automix_jax.mixers._common import mix_labels
 from automix_jax.mixers._common import one_hot
 from automix_jax.mixers._compose import get
+from automix_jax.mixers._compose import hyperparameter_names
 from automix_jax.mixers._compose import names
 from automix_jax.mixers._compose import no_mix
 from automix_jax.mixers._compose import per_device
@@ -33,14 +45,15 @@ from automix_jax.mixers._nway import nway_mixup
 from automix_jax.mixers._resizemix import resizemix
 from automix_jax.mixers._saliencymix import saliencymix
 from automix_jax.mixers._smoothmix import smoothmix
+from automix_jax.mixers._timm import Mixup
 
 register("mixup")(mixup)
-register("cutmix")(cutmix)
-register("fmix")(fmix)
-register("resizemix")(resizemix)
+register("cutmix", checks=_cutmix.CHECKS)(cutmix)
+register("fmix", checks=_fmix.CHECKS)(fmix)
+register("resizemix", checks=_resizemix.CHECKS)(resizemix)
 register("saliencymix")(saliencymix)
-register("gridmix")(gridmix)
-register("smoothmix")(smoothmix)
-register("attentivemix")(attentive_grid_mix)
-register("maskmix")(maskmix)
-register("nway_mixup")(nway_mixup)
+register("gridmix", checks=_gridmix.CHECKS)(gridmix)
+register("smoothmix", checks=_smoothmix.CHECKS)(smoothmix)
+register("attentivemix", checks=_attentive.CHECKS)(attentive_grid_mix)
+register("maskmix", checks=_maskmix.CHECKS)(maskmix)
+register("nway_mixup", checks=_nway.CHECKS)(nway_mixup)

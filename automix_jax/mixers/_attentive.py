@@ -1,9 +1,12 @@
 """Attentive grid mixing (AttentiveMix, Walawalkar et al., ICASSP 2020,
 arXiv 2003.13048), with OpenMixup's AttentiveMix+ semantics.
 
-The per-cell scores come from outside (e.g. the channel mean of a frozen,
-pretrained network's last feature map, OpenMixup's 7×7 ResNet-18 map), so the
-mixer itself stays a pure function of its inputs.
+The per-cell scores are the paper's: the channel mean of a frozen, pretrained
+network's last feature map (OpenMixup: a 7×7 ResNet-18 map), passed per call as
+``scores`` or computed by a bound ``scorer`` function. Without either (plain
+``get("attentivemix")``, a config) the cells are scored by the mean of the
+model-free spectral-residual saliency of SaliencyMix, so the mixer works out of
+the box and stays a pure function of its inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,57 @@ import jax.numpy as jnp
 import numpy as np
 
 from automix_jax.mixers import _common as C
+from automix_jax.mixers import _saliencymix
+
+
+def check_scorer(scorer: Any) -> Any:
+  if scorer is not None and not callable(scorer):
+    raise ValueError(
+        "`scorer` must be a function images [B, H, W, C] -> scores [B, gh, "
+        f"gw] (e.g. a frozen network's channel-mean feature map); got "
+        f"{scorer!r}.")
+  return scorer
+
+
+def _check_top_k(top_k: Any, n: int | None = None) -> int:
+  bound = "gh·gw" if n is None else f"gh·gw = {n}"
+  if (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or
+      top_k < 0 or (n is not None and top_k > n)):
+    raise ValueError(
+        f"`top_k` must be a static int in [0, {bound}]; got {top_k!r}.")
+  return int(top_k)
+
+
+CHECKS = {"scorer": check_scorer, "top_k": _check_top_k,
+          "grid_size": lambda v: C.check_grid(v, arg="grid_size")}
+
+
+def saliency_scores(images: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """Mean spectral-residual saliency per cell: ``[B, H, W, C]`` ->
+  ``[B, gh, gw]`` (the default scorer; no gradient flows through it)."""
+  batch_size, height, width, _ = images.shape
+  gh, gw = grid
+  sal = _saliencymix.spectral_residual_saliency(jax.lax.stop_gradient(images))
+  return sal.reshape(batch_size, gh, height // gh, gw, width // gw).mean(
+      axis=(2, 4))
+
+
+def _default_scores(images: jax.Array, scorer: Any, grid_size: Any
+                    ) -> jax.Array:
+  """Scores from ``scorer``, or the saliency scores on ``grid_size``."""
+  if scorer is not None:
+    return check_scorer(scorer)(jax.lax.stop_gradient(images))
+  height, width = images.shape[1:3]
+  if grid_size is None:
+    grid = (C.default_cells(height), C.default_cells(width))
+  else:
+    grid = C.check_grid(grid_size, arg="grid_size")
+  if height % grid[0] or width % grid[1] or grid[0] * grid[1] < 2:
+    raise ValueError(
+        f"the score grid (gh, gw) = {grid} must split the image (H, W) = "
+        f"{(height, width)} into at least 2 equal cells; pass `grid_size` "
+        "that divides the image, or `scores`.")
+  return saliency_scores(images, grid)
 
 
 def _check_scores(scores: Any, batch_size: int, grid_size: Any
@@ -44,10 +98,12 @@ def _check_scores(scores: Any, batch_size: int, grid_size: Any
 
 
 def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
-                       *, scores: jax.Array, grid_size: Any = None,
+                       *, scores: Any = None, scorer: Any = None,
+                       grid_size: Any = None,
                        top_k: int | None = None, alpha: float = 2.0,
                        lam_scope: str = "batch", partner: str = "permutation",
-                       lam: Any = None, index: Any = None
+                       lam: Any = None, index: Any = None,
+                       data_format: Any = None
                        ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """AttentiveMix+: each sample keeps its own ``k`` top-scored grid cells.
 
@@ -62,8 +118,16 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
     key: PRNG key.
     images: ``[B, H, W, C]`` floating; ``H % gh == 0`` and ``W % gw == 0``.
     labels: ``[B, K]`` dense targets.
-    scores: ``[B, gh, gw]`` real per-cell scores, larger = more important.
+    scores: optional ``[B, gh, gw]`` real per-cell scores, larger = more
+      important (per call; e.g. a frozen pretrained network's channel-mean
+      feature map, as in the paper).
+    scorer: optional function ``images [B, H, W, C] -> scores [B, gh, gw]``
+      used when ``scores`` is None (bind it with ``get``); it sees the images
+      under ``stop_gradient``. With neither, cells are scored by their mean
+      spectral-residual saliency (``saliency_scores``, model-free).
     grid_size: optional ``g`` or ``(gh, gw)``; checked against ``scores``.
+      For the saliency default it sets the grid (default 4 cells per side,
+      or 3 or 2 where 4 does not divide the side).
     top_k: optional static number of kept cells in ``[0, gh·gw]``; then λ is
       not drawn and ``lam`` must be None.
     alpha: Beta(alpha, alpha) concentration (OpenMixup's AttentiveMix+ uses 2).
@@ -72,13 +136,19 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     lam: optional explicit λ, scalar or ``[B]``; ``k = int(gh·gw·λ)``.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, H, W, 1] float32}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   alpha = C.check_alpha(alpha)
+  if scores is None:
+    scores = _default_scores(images, scorer, grid_size)
   gh, gw = _check_scores(scores, batch_size, grid_size)
   height, width = images.shape[1:3]
   if height % gh or width % gw:
@@ -88,11 +158,7 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
         "block; resize `scores` or `images`.")
   n = gh * gw
   if top_k is not None:
-    if (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or
-        not 0 <= top_k <= n):
-      raise ValueError(
-          f"`top_k` must be a static int in [0, gh·gw] = [0, {n}]; got "
-          f"{top_k!r}.")
+    top_k = _check_top_k(top_k, n)
     if lam is not None:
       raise ValueError("give at most one of `top_k` and `lam`.")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
@@ -117,4 +183,5 @@ def attentive_grid_mix(key: jax.Array, images: jax.Array, labels: jax.Array,
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
-from typing import Any, Callable, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +16,24 @@ from automix_jax.mixers import _common as C
 Mixer = Callable[..., tuple[jax.Array, jax.Array, dict]]
 
 _REGISTRY: dict[str, Mixer] = {}
+_CHECKS: dict[str, Mapping[str, Callable[[Any], Any]]] = {}
 
 
-def register(name: str) -> Callable[[Mixer], Mixer]:
-  """Decorator: makes a mixer reachable from configs as ``get(name)``."""
+def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
+             = None) -> Callable[[Mixer], Mixer]:
+  """Decorator: makes a mixer reachable from configs as ``get(name)``.
+
+  ``checks`` maps hyperparameter names to the validators the mixer itself
+  uses (each raises ``ValueError`` naming the argument), so that ``get``
+  refuses a bad value when it binds it. The shared hyperparameters
+  (``alpha``, ``lam_scope``, ``partner``, ``data_format``, ...) are checked
+  without being listed.
+  """
   def wrap(fn: Mixer) -> Mixer:
     if name in _REGISTRY and _REGISTRY[name] is not fn:
       raise ValueError(f"a mixer named {name!r} is already registered.")
     _REGISTRY[name] = fn
+    _CHECKS[name] = dict(checks or {})
     return fn
   return wrap
 
@@ -31,16 +43,48 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
+def hyperparameter_names(name: str) -> tuple[str, ...]:
+  """The hyperparameters (keywords after ``key, images, labels``) of ``name``."""
+  params = list(inspect.signature(_lookup(name)).parameters.values())[3:]
+  kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+           inspect.Parameter.KEYWORD_ONLY)
+  return tuple(p.name for p in params if p.kind in kinds)
+
+
+def _takes_any_keyword(name: str) -> bool:
+  params = inspect.signature(_lookup(name)).parameters.values()
+  return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _lookup(name: Any) -> Mixer:
+  if not isinstance(name, str) or name not in _REGISTRY:
+    raise ValueError(
+        f"unknown mixer {name!r}; registered mixers: {', '.join(names())}.")
+  return _REGISTRY[name]
+
+
 def get(name: str, **hyperparameters: Any) -> Mixer:
   """The mixer called ``name``, with ``hyperparameters`` bound as keywords.
 
   ``get("cutmix", alpha=0.2)(key, images, labels)`` equals
-  ``cutmix(key, images, labels, alpha=0.2)``.
+  ``cutmix(key, images, labels, alpha=0.2)``. Keyword names and static values
+  are validated here, when a config is built, not at the first call: an
+  unknown name (``alhpa=1``) or a bad value (``alpha=-1``,
+  ``lam_scope="pixel"``) raises ``ValueError``. Array arguments (``lam``,
+  ``index``, ``scores``, ...) depend on the batch and are checked per call.
   """
-  if name not in _REGISTRY:
-    raise ValueError(
-        f"unknown mixer {name!r}; registered mixers: {', '.join(names())}.")
-  fn = _REGISTRY[name]
+  fn = _lookup(name)
+  allowed = hyperparameter_names(name)
+  for key, value in hyperparameters.items():
+    if key not in allowed and not _takes_any_keyword(name):
+      close = difflib.get_close_matches(key, allowed, n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ValueError(
+          f"mixer {name!r} has no hyperparameter {key!r}.{hint} Its "
+          f"hyperparameters: {', '.join(allowed) or 'none'}.")
+    check = _CHECKS[name].get(key, C.HYPERPARAMETER_CHECKS.get(key))
+    if check is not None and value is not None:
+      check(value)
   return functools.partial(fn, **hyperparameters) if hyperparameters else fn
 
 
@@ -66,7 +110,10 @@ def switch(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     key: PRNG key.
     images, labels: as for any mixer.
     mixers: two-image mixers with their hyperparameters bound, e.g.
-      ``[get("mixup", alpha=0.8), get("cutmix", alpha=1.0)]``.
+      ``[get("mixup", alpha=0.8), get("cutmix", alpha=1.0)]``, or registered
+      names (``["mixup", "cutmix"]``, default hyperparameters). Every branch
+      must return the images' shape and dtype and ``[B]`` ``lam``/``index``;
+      a mismatch raises ``ValueError`` naming the branch at trace time.
     probs: probability of each mixer given that mixing happens; uniform if None.
     p_none: probability of no mixing at all (timm's ``1 - prob``).
 
@@ -76,8 +123,15 @@ def switch(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     ``len(mixers)`` for no mixing). Branch-specific entries such as masks are
     dropped, since the branches do not share them.
   """
+  if isinstance(mixers, (str, bytes)) or not isinstance(mixers, Sequence):
+    raise ValueError(
+        "`mixers` must be a list of mixers (callables or registered names), "
+        f"e.g. [\"mixup\", get(\"cutmix\", alpha=1.0)]; got {mixers!r}.")
   if not mixers:
     raise ValueError("`mixers` must name at least one mixer.")
+  C.check_images(images, ranks=(2, 3, 4, 5))
+  C.check_labels(labels, images.shape[0])
+  mixers = [_as_mixer(m, i) for i, m in enumerate(mixers)]
   n = len(mixers)
   if probs is None:
     probs = [1.0 / n] * n
@@ -90,18 +144,51 @@ def switch(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   weights = [(1.0 - p_none) * p for p in probs] + [p_none]
   k_choice, k_mix = jax.random.split(key)
   choice = jax.random.choice(k_choice, n + 1, p=jnp.asarray(weights))
+  expected = {"mixed images": (tuple(images.shape), images.dtype),
+              "mixed labels": (tuple(labels.shape), labels.dtype),
+              "aux['lam']": ((images.shape[0],), jnp.float32),
+              "aux['index']": ((images.shape[0],), jnp.int32)}
 
-  def branch(fn):
+  def branch(fn, position):
     def run(operands):
       x, y = operands
       mx, my, aux = fn(k_mix, x, y)
+      got = {"mixed images": mx, "mixed labels": my,
+             "aux['lam']": aux.get("lam"), "aux['index']": aux.get("index")}
+      for what, (shape, dtype) in expected.items():
+        value = got[what]
+        form = (tuple(value.shape), value.dtype) if value is not None else None
+        if form != (shape, dtype):
+          raise ValueError(
+              f"`mixers[{position}]` ({_mixer_name(fn)}) returns {what} of "
+              f"(shape, dtype) {form}; every branch of `switch` must return "
+              f"{(shape, jnp.dtype(dtype))}, i.e. a two-image mixer with "
+              "[B] `lam` and `index` (N-way mixers such as nway_mixup "
+              "cannot be branches).")
       return mx, my, {"lam": aux["lam"], "index": aux["index"]}
     return run
 
-  branches = [branch(fn) for fn in mixers] + [branch(no_mix)]
+  branches = [branch(fn, i) for i, fn in enumerate(mixers)]
+  branches.append(branch(no_mix, n))
   mixed, mixed_labels, aux = jax.lax.switch(choice, branches, (images, labels))
   aux["choice"] = choice.astype(jnp.int32)
   return mixed, mixed_labels, aux
+
+
+def _as_mixer(mixer: Any, position: int) -> Mixer:
+  """A ``switch`` entry: a callable, or a registered name (``get(name)``)."""
+  if isinstance(mixer, str):
+    return get(mixer)
+  if not callable(mixer):
+    raise ValueError(
+        f"`mixers[{position}]` must be a mixer callable or a registered name "
+        f"({', '.join(names())}); got {mixer!r}.")
+  return mixer
+
+
+def _mixer_name(fn: Any) -> str:
+  inner = getattr(fn, "func", fn)
+  return getattr(inner, "__name__", type(inner).__name__)
 
 
 def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"

@@ -1,7 +1,7 @@
 """CutMix (Yun et al., ICCV 2019, arXiv 1905.04899) and shared box helpers.
 
 The box follows timm / torchvision / OpenMixup exactly (see
-``/work/shared/reference/mixers.md`` §2)::
+the reference survey ``shared/reference/mixers.md`` §2)::
 
   r = sqrt(1 - λ);  cut_h = floor(H r);  cut_w = floor(W r)
   rows [clip(cy - cut_h // 2, 0, H), clip(cy + cut_h // 2, 0, H))
@@ -28,6 +28,9 @@ from automix_jax.mixers import _common as C
 Array = jax.Array
 
 BOX_RULES = ("symmetric", "exact")
+CHECKS = {"correct_lam": functools.partial(C.check_static_bool,
+                                          arg="correct_lam"),
+          "box_rule": C.choice_check(BOX_RULES, "box_rule")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,15 +157,41 @@ def check_center(center: Any, batch_size: int, height: int, width: int,
     raise ValueError(
         f"`{arg}` must be integer pixel coordinates (cy, cx); got dtype "
         f"{center.dtype}.")
-  if C._is_concrete(center):  # pylint: disable=protected-access
-    c = np.asarray(center).reshape(-1, 2)
-    if (c[:, 0].min() < 0 or c[:, 0].max() >= height or c[:, 1].min() < 0
-        or c[:, 1].max() >= width):
-      raise ValueError(
-          f"`{arg}` must lie inside the image: 0 <= cy < {height} and "
-          f"0 <= cx < {width}; got cy in [{c[:, 0].min()}, {c[:, 0].max()}], "
-          f"cx in [{c[:, 1].min()}, {c[:, 1].max()}].")
+  def predicate(xp, c):
+    c = c.reshape(-1, 2)
+    ok = ((c[:, 0] >= 0) & (c[:, 0] < height) & (c[:, 1] >= 0) &
+          (c[:, 1] < width))
+    return ok, {"y0": xp.min(c[:, 0]), "y1": xp.max(c[:, 0]),
+                "x0": xp.min(c[:, 1]), "x1": xp.max(c[:, 1])}
+  C.check_value((center,), predicate,
+                f"`{arg}` must lie inside the image: 0 <= cy < {height} and "
+                f"0 <= cx < {width}; got cy in [{{y0}}, {{y1}}], cx in "
+                "[{x0}, {x1}].")
   return jnp.broadcast_to(jnp.asarray(center, jnp.int32), (batch_size, 2))
+
+
+def check_box(box: Any, n: int, height: int, width: int, *,
+              arg: str = "box") -> Array:
+  """An explicit box ``(y1, y2, x1, x2)``: integer ``[4]`` or ``[n, 4]``, half-open
+  and inside the image -> ``[n, 4]`` int32."""
+  shape = tuple(jnp.shape(box))
+  if shape not in ((4,), (n, 4)):
+    raise ValueError(f"`{arg}` must be integer (y1, y2, x1, x2) of shape [4] "
+                     f"or [n, 4] = ({n}, 4); got {shape}.")
+  box = jnp.asarray(box) if not hasattr(box, "dtype") else box
+  if not jnp.issubdtype(box.dtype, jnp.integer):
+    raise ValueError(f"`{arg}` must be integer pixel coordinates; got dtype "
+                     f"{box.dtype}.")
+
+  def predicate(xp, b):
+    b = b.reshape(-1, 4)
+    ok = ((0 <= b[:, 0]) & (b[:, 0] <= b[:, 1]) & (b[:, 1] <= height) &
+          (0 <= b[:, 2]) & (b[:, 2] <= b[:, 3]) & (b[:, 3] <= width))
+    return ok, {"first": b[0]}
+  C.check_value((box,), predicate,
+                f"`{arg}` rows must satisfy 0 <= y1 <= y2 <= {height} and "
+                f"0 <= x1 <= x2 <= {width}; got e.g. {{first}}.")
+  return jnp.broadcast_to(jnp.asarray(box, jnp.int32), (n, 4))
 
 
 def draw_center(key: Array, batch_size: int, height: int, width: int,
@@ -175,16 +204,21 @@ def draw_center(key: Array, batch_size: int, height: int, width: int,
   return jnp.broadcast_to(jnp.stack([cy, cx], axis=1), (batch_size, 2))
 
 
-def check_bool(value: Any, *, arg: str) -> bool:
-  if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"`{arg}` must be a Python bool; got {value!r}.")
-  return bool(value)
+def check_box_room(height: int, width: int, smallest: int, *, mixer: str,
+                   why: str) -> None:
+  """Refuses images too small for a box mixer ever to mix (λ would stay 1)."""
+  if min(height, width) < smallest:
+    raise ValueError(
+        f"`images` of {height}x{width} pixels are too small for {mixer}: "
+        f"{why}, so λ would (almost) always stay 1 with nothing mixed. Use "
+        f"images of at least {smallest}x{smallest} pixels, or mixup.")
 
 
 def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
            lam_scope: str = "batch", partner: str = "permutation",
            correct_lam: bool = True, lam: Any = None, index: Any = None,
-           center: Any = None, box_rule: str = "symmetric"
+           center: Any = None, box_rule: str = "symmetric",
+           data_format: Any = None
            ) -> tuple[Array, Array, dict[str, Array]]:
   """CutMix: paste a box of the partner image; labels by box area.
 
@@ -210,19 +244,29 @@ def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     box_rule: ``"symmetric"`` (default; torchvision, OpenMixup, the paper: the
       upper edge is ``c + cut // 2``) or ``"exact"`` (installed timm 1.0.31:
       the upper edge is ``c + (cut + 1) // 2``). See ``box_from_center``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)``; ``aux`` holds ``lam`` ``[B]``
     float32, ``index`` ``[B]`` int32, ``mask`` ``[B, H, W, 1]`` float32 (own
     image weight, binary) and ``box`` ``[B, 4]`` int32 ``(y1, y2, x1, x2)``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels)
   alpha = C.check_alpha(alpha)
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
-  correct_lam = check_bool(correct_lam, arg="correct_lam")
+  correct_lam = C.check_static_bool(correct_lam, arg="correct_lam")
   C.check_choice(box_rule, BOX_RULES, arg="box_rule")
   _, height, width, _ = images.shape
+  check_box_room(height, width, 2 if box_rule == "exact" else 3,
+                 mixer=f'cutmix (box_rule="{box_rule}")', why=(
+                     "the box spans [c - cut//2, c + (cut+1)//2)"
+                     if box_rule == "exact" else
+                     "the box spans [c - cut//2, c + cut//2), empty unless "
+                     "cut = floor(side·sqrt(1-λ)) >= 2"))
   if center is not None:
     center = check_center(center, batch_size, height, width)
 
@@ -239,4 +283,5 @@ def cutmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     lam = box_area_lam(box, height, width)
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask, "box": box}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -2,12 +2,14 @@
 
 A grey map is drawn from a random complex spectrum whose amplitude decays as
 ``1 / |f|^d``; the positions holding its largest values form the binary mask of
-the sample's own image. Works on sequences ``[B, L, C]``, images ``[B, H, W, C]``
-and volumes ``[B, T, H, W, C]``.
+the sample's own image. Works on sequences ``[B, L, C]`` (``spatial_dims=1``),
+images ``[B, H, W, C]``, grey images ``[B, H, W]`` (``spatial_dims=2``) and
+volumes ``[B, T, H, W, C]``.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Sequence
 
@@ -99,10 +101,64 @@ def binarise_by_rank(grey: jax.Array, lam: jax.Array, round_up: jax.Array,
   return jnp.clip(mask, 0.0, 1.0)
 
 
+def check_decay_power(decay_power: Any) -> float:
+  if (isinstance(decay_power, bool) or
+      not isinstance(decay_power, numbers.Real) or
+      not 0 <= decay_power < np.inf):
+    raise ValueError(
+        f"`decay_power` must be a static finite number >= 0 (the spectrum "
+        f"decays as 1/|f|^decay_power); got {decay_power!r}.")
+  return float(decay_power)
+
+
+def check_spatial_dims(spatial_dims: Any) -> int:
+  if (isinstance(spatial_dims, bool) or
+      not isinstance(spatial_dims, numbers.Integral) or
+      spatial_dims not in (1, 2, 3)):
+    raise ValueError(f"`spatial_dims` must be 1, 2 or 3 (or None to infer it "
+                     f"from a rank-4/5 batch); got {spatial_dims!r}.")
+  return int(spatial_dims)
+
+
+CHECKS = {"decay_power": check_decay_power,
+          "max_soft": functools.partial(C.check_probability, arg="max_soft"),
+          "spatial_dims": check_spatial_dims}
+
+
+def _channel_axis(images: Any, spatial_dims: Any, data_format: Any
+                  ) -> tuple[Any, bool]:
+  """``(images with a channel axis, whether one was added)`` for FMix."""
+  shape = tuple(getattr(images, "shape", ()))
+  ndim = len(shape)
+  if spatial_dims is None:
+    if ndim == 3:
+      raise ValueError(
+          f"`images` of shape {shape} is ambiguous for fmix: "
+          "pass `spatial_dims=1` for a [B, L, C] sequence (1-D mask over L) "
+          "or `spatial_dims=2` for grey [B, H, W] images without a channel "
+          "axis (2-D mask).")
+    return images, False
+  spatial_dims = check_spatial_dims(spatial_dims)
+  if ndim == spatial_dims + 1:
+    if data_format == "NCHW":
+      raise ValueError(
+          f"`images` of shape {shape} has no channel axis "
+          f"(spatial_dims={spatial_dims}), so `data_format=\"NCHW\"` does "
+          "not apply; leave it None.")
+    return images[..., None], True
+  if ndim != spatial_dims + 2:
+    raise ValueError(
+        f"`images` must be [B, *spatial, C] or [B, *spatial] with "
+        f"spatial_dims={spatial_dims} spatial axes (rank {spatial_dims + 2} "
+        f"or {spatial_dims + 1}); got shape {shape}.")
+  return images, False
+
+
 def fmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
          alpha: float = 1.0, decay_power: float = 3.0, max_soft: float = 0.0,
          lam_scope: str = "batch", partner: str = "permutation",
-         lam: Any = None, index: Any = None
+         lam: Any = None, index: Any = None,
+         spatial_dims: Any = None, data_format: Any = None
          ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """FMix: ``x̃ = m ⊙ x + (1 - m) ⊙ x[index]`` with a Fourier-sampled mask.
 
@@ -131,19 +187,26 @@ def fmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
       per sample even with ``lam_scope="batch"`` (one shared grey map cut at
       each sample's own count).
     index: optional explicit partner indices ``[B]``.
+    spatial_dims: how many axes after the batch are spatial: 1, 2 or 3. Rank
+      4 and 5 batches default to 2 and 3 (the last axis is channels). A rank-3
+      batch is ambiguous and needs it: ``spatial_dims=1`` reads ``[B, L, C]``
+      as a sequence (a 1-D mask over L), ``spatial_dims=2`` reads ``[B, H,
+      W]`` as grey images without a channel axis (a 2-D mask; the output and
+      ``aux['mask']`` are ``[B, H, W]``). In general the batch is ``[B,
+      *spatial, C]`` or, without channels, ``[B, *spatial]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, *spatial, 1] float32}``.
   """
+  images, no_channels = _channel_axis(images, spatial_dims, data_format)
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(3, 4, 5))
   alpha = C.check_alpha(alpha)
-  if (isinstance(decay_power, bool) or
-      not isinstance(decay_power, numbers.Real) or
-      not 0 <= decay_power < np.inf):
-    raise ValueError(
-        f"`decay_power` must be a static finite number >= 0 (the spectrum "
-        f"decays as 1/|f|^decay_power); got {decay_power!r}.")
+  decay_power = check_decay_power(decay_power)
   max_soft = C.check_probability(max_soft, arg="max_soft")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   k_lam, k_index, k_noise, k_coin = jax.random.split(key, 4)
@@ -161,4 +224,7 @@ def fmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  if no_channels:
+    mixed, aux["mask"] = mixed[..., 0], mask[..., 0]
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

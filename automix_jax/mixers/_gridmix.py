@@ -7,6 +7,7 @@ partner shows through a regular lattice of square holes.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -36,6 +37,15 @@ def _pair(value: Any, *, arg: str, integer: bool = False,
   return (int(lo), int(hi)) if integer else (float(lo), float(hi))
 
 
+CHECKS = {
+    "n_holes": functools.partial(_pair, arg="n_holes", integer=True),
+    "hole_aspect_ratio": functools.partial(_pair, arg="hole_aspect_ratio"),
+    "cut_area_ratio": functools.partial(_pair, arg="cut_area_ratio",
+                                        upper=1.0),
+    "cut_aspect_ratio": functools.partial(_pair, arg="cut_aspect_ratio"),
+}
+
+
 def _floor_i32(x: Array) -> Array:
   return jnp.floor(x).astype(jnp.int32)
 
@@ -44,7 +54,8 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
             n_holes: Any = (2, 6), hole_aspect_ratio: Any = 1.0,
             cut_area_ratio: Any = (0.5, 1.0), cut_aspect_ratio: Any = (0.5, 2.0),
             lam_scope: str = "batch", partner: str = "permutation",
-            lam: Any = None, index: Any = None
+            lam: Any = None, index: Any = None,
+            data_format: Any = None
             ) -> tuple[Array, Array, dict[str, Array]]:
   """GridMix with OpenMixup's sampling (defaults = its CIFAR config).
 
@@ -62,7 +73,8 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   ``1 - holes / (H W)`` (so λ = 1 still leaves 1-pixel holes: OpenMixup's rule).
   Masks come from comparisons, so shapes are static and every draw jits once.
 
-  Deliberate deviations from OpenMixup (``/work/shared/reference/mixers.md``):
+  Deliberate deviations from OpenMixup (the reference survey
+  ``shared/reference/mixers.md``):
 
   * OpenMixup lets ``cut_h`` exceed H (aspect > 1) and ``cut_w`` exceed W
     (aspect < 1); the crop origin ``int((H - cut_h) u)`` then goes negative and
@@ -86,6 +98,9 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     lam: optional explicit λ (scalar or ``[B]``) that sets the hole size.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)``; ``aux`` holds ``lam``, ``index``,
@@ -94,6 +109,7 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     ``(patch_h, patch_w)``, ``hole`` ``[B, 2]`` int32 ``(hole_h, hole_w)``
     and ``n_holes`` ``[B]`` int32.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels)
   alpha = C.check_alpha(alpha)
   n_lo, n_hi = _pair(n_holes, arg="n_holes", integer=True)
@@ -103,6 +119,9 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
   _, height, width, _ = images.shape
+  B_.check_box_room(height, width, 3, mixer="gridmix", why=(
+      "a hole is at most patch - 1 pixels per side, which leaves 2x2 images "
+      "unmixed in over 90 % of draws"))
 
   k_lam, k_index, k_n, k_har, k_car, k_asp, k_pos = jax.random.split(key, 7)
   lam = C.resolve_lam(k_lam, alpha, batch_size, lam_scope, lam)
@@ -157,4 +176,5 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
          "crop": jnp.stack([y1, y1 + cut_h, x1, x1 + cut_w], 1),
          "patch": jnp.stack([patch_h, patch_w], 1),
          "hole": jnp.stack([hole_h, hole_w], 1), "n_holes": n}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -7,7 +7,6 @@ cells and takes the others from its partner.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import jax
@@ -17,52 +16,54 @@ import numpy as np
 from automix_jax.mixers import _common as C
 
 
-def _positive_int(value: Any, arg: str) -> int:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
-      value < 1):
-    raise ValueError(f"`{arg}` must be a positive int; got {value!r}.")
-  return int(value)
+CHECKS = {"mask_patch": lambda v: C.check_positive_int(v, arg="mask_patch"),
+          "grid": lambda v: C.check_grid(v, arg="grid")}
 
 
 def _grid(height: int, width: int, mask_patch: Any, grid: Any
           ) -> tuple[int, int]:
-  """``(gh, gw)`` from an explicit ``grid`` or ``ceil(side / mask_patch)``."""
+  """``(gh, gw)`` from ``grid``, ``ceil(side / mask_patch)`` or the default."""
   if grid is not None:
-    if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
-      grid = (grid, grid)
-    try:
-      gh, gw = grid
-    except (TypeError, ValueError):
-      raise ValueError(
-          f"`grid` must be an int n or a pair (gh, gw); got {grid!r}.") from None
-    gh, gw = _positive_int(gh, "grid"), _positive_int(gw, "grid")
+    gh, gw = C.check_grid(grid, arg="grid")
     source = f"`grid` = {(gh, gw)}"
-  else:
-    patch = _positive_int(mask_patch, "mask_patch")
+  elif mask_patch is not None:
+    patch = C.check_positive_int(mask_patch, arg="mask_patch")
     gh, gw = math.ceil(height / patch), math.ceil(width / patch)
     source = f"`mask_patch` = {patch} (grid ceil(side / mask_patch) = {(gh, gw)})"
+  else:
+    gh, gw = C.default_cells(height), C.default_cells(width)
+    source = f"the default grid {(gh, gw)} (4, 3 or 2 cells per side)"
   if height % gh or width % gw:
     raise ValueError(
         f"{source} must split the image (H, W) = {(height, width)} into equal "
         "cells (H % gh == 0 and W % gw == 0), so that λ = kept cells / cells "
         "is the exact pixel fraction; pass a `grid` that divides the image.")
+  if gh * gw < 2:
+    raise ValueError(
+        f"{source} gives a single cell for the image (H, W) = "
+        f"{(height, width)}, so maskmix would never mix (λ = 1 or a whole-"
+        "image swap); pass `grid` with at least 2 cells (e.g. grid=4) or a "
+        "smaller `mask_patch`.")
   return gh, gw
 
 
 def maskmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
-            alpha: float = 1.0, mask_patch: int = 64, grid: Any = None,
+            alpha: float = 1.0, mask_patch: Any = None, grid: Any = None,
             lam_scope: str = "batch", partner: str = "permutation",
-            lam: Any = None, index: Any = None
+            lam: Any = None, index: Any = None,
+            data_format: Any = None
             ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """MaskMix: keep ``ceil(n·λ)`` random cells of an ``n = gh·gw`` cell grid.
 
-  As in MixPro, the grid has ``ceil(H / mask_patch)`` rows (4×4 for 224 px with
-  the default 64-px patch) and λ is corrected to ``kept / n``. Deviation: cells
-  are equal blocks ``H/gh × W/gw`` that tile the image (MixPro cuts 64-px cells
-  and crops the overhanging last row and column, so its corrected λ is not the
-  pixel fraction); a grid that does not divide the image is an error. On 32-px
-  CIFAR the default gives a single cell (no mixing); use ``mask_patch=8`` or
-  ``grid=4`` there.
+  λ is corrected to ``kept / n``. MixPro's grid has ``ceil(H / 64)`` rows (its
+  64-px ``mask_patch``: 4×4 at 224 px, but a single cell, i.e. no mixing, on
+  32-px CIFAR). The default here is a 4×4 grid at every size (MixPro's 224-px
+  grid; 8-px cells at 32 px), or 3 or 2 cells along a side that 4 does not
+  divide; ``mask_patch=64`` gives MixPro's rule. Deviation: cells are equal
+  blocks ``H/gh × W/gw`` that tile the image (MixPro cuts 64-px cells and crops
+  the overhanging last row and column, so its corrected λ is not the pixel
+  fraction); a grid that does not divide the image, or a single cell, is an
+  error.
 
   Cells are chosen by ranking uniform noise, so the kept count may be traced.
 
@@ -71,20 +72,26 @@ def maskmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     images: ``[B, H, W, C]`` floating.
     labels: ``[B, K]`` dense targets.
     alpha: Beta(alpha, alpha) concentration (MixPro: 1).
-    mask_patch: cell size in pixels, giving ``ceil(H / mask_patch)`` ×
-      ``ceil(W / mask_patch)`` cells; ignored when ``grid`` is given.
-    grid: optional ``n`` or ``(gh, gw)`` cells; overrides ``mask_patch``.
+    mask_patch: optional cell size in pixels, giving ``ceil(H / mask_patch)``
+      × ``ceil(W / mask_patch)`` cells (MixPro: 64); ignored when ``grid`` is
+      given.
+    grid: optional ``n`` or ``(gh, gw)`` cells; overrides ``mask_patch``. With
+      neither, 4 cells per side (3 or 2 where 4 does not divide the side).
     lam_scope: ``"batch"`` (one λ and one cell layout for the batch) or
       ``"sample"`` (one each).
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     lam: optional explicit λ, scalar or ``[B]`` (per-sample counts are honoured
       with either scope).
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, H, W, 1] float32}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   alpha = C.check_alpha(alpha)
   height, width = images.shape[1:3]
@@ -109,4 +116,5 @@ def maskmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   lam = C.mask_to_lam(mask)
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

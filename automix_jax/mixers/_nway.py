@@ -6,16 +6,33 @@ generalising MixUp (Zhang et al., ICLR 2018, arXiv 1710.09412).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from automix_jax.mixers import _common as C
 
 WEIGHTS = ("beta_normalized", "dirichlet")
+
+
+def check_num_images(num_images: Any, batch_size: int | None = None) -> int:
+  bound = "batch size" if batch_size is None else f"batch size ({batch_size})"
+  if (isinstance(num_images, bool) or
+      not isinstance(num_images, numbers.Integral) or num_images < 2 or
+      (batch_size is not None and num_images > batch_size)):
+    raise ValueError(
+        f"`num_images` must be an int with 2 <= num_images <= {bound}; got "
+        f"{num_images!r}.")
+  return int(num_images)
+
+
+CHECKS = {"num_images": check_num_images,
+          "weights": C.choice_check(WEIGHTS, "weights"),
+          "identity_first": functools.partial(C.check_static_bool,
+                                              arg="identity_first")}
 
 
 def draw_weights(key: jax.Array, alpha: float, num_images: int, rows: int,
@@ -47,32 +64,9 @@ def _check_weights(lam: Any, batch_size: int, num_images: int) -> jax.Array:
         f"`lam` must be weights of shape [N] = ({num_images},) or [B, N] = "
         f"({batch_size}, {num_images}); got "
         f"{tuple(shape) if shape is not None else type(lam).__name__}.")
-  if C._is_concrete(lam):
-    val = np.asarray(lam, np.float64)
-    if np.any(val < 0) or not np.allclose(val.sum(-1), 1.0, atol=1e-5):
-      raise ValueError(
-          f"`lam` rows must be non-negative and sum to 1; got {val}.")
+  C.check_weight_rows(lam, arg="lam")
   return jnp.broadcast_to(jnp.asarray(lam, jnp.float32),
                           (batch_size, num_images))
-
-
-def _check_indices(indices: Any, batch_size: int, num_images: int
-                   ) -> jax.Array:
-  shape = getattr(indices, "shape", None)
-  if shape is None or tuple(shape) != (batch_size, num_images):
-    raise ValueError(
-        f"`indices` must be an integer array of shape [B, N] = ({batch_size}, "
-        f"{num_images}); got "
-        f"{tuple(shape) if shape is not None else type(indices).__name__}.")
-  if not jnp.issubdtype(indices.dtype, jnp.integer):
-    raise ValueError(f"`indices` must be integer; got dtype {indices.dtype}.")
-  if C._is_concrete(indices):
-    idx = np.asarray(indices)
-    if idx.min() < 0 or idx.max() >= batch_size:
-      raise ValueError(
-          f"`indices` values must lie in [0, {batch_size}); got range "
-          f"[{idx.min()}, {idx.max()}].")
-  return jnp.asarray(indices, jnp.int32)
 
 
 def draw_indices(key: jax.Array, batch_size: int, num_images: int,
@@ -103,7 +97,8 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
                num_images: int = 3, alpha: float = 1.0,
                weights: str = "beta_normalized", lam_scope: str = "batch",
                partner: str = "permutation", identity_first: bool = True,
-               lam: Any = None, indices: Any = None
+               lam: Any = None, indices: Any = None,
+               data_format: Any = None
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """N-way MixUp: ``x̃ = Σ_i w_i x[π_i]``, ``ỹ = Σ_i w_i y[π_i]``.
 
@@ -132,20 +127,18 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     lam: optional explicit weights ``[N]`` or ``[B, N]``, rows non-negative and
       summing to 1.
     indices: optional explicit ``[B, N]`` integer indices (column i = π_i).
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B, N] float32
     (rows sum to 1), 'index': [B, N] int32}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(2, 3, 4, 5))
   alpha = C.check_alpha(alpha)
-  if (isinstance(num_images, bool) or
-      not isinstance(num_images, numbers.Integral) or
-      not 2 <= num_images <= batch_size):
-    raise ValueError(
-        f"`num_images` must be an int with 2 <= num_images <= batch size "
-        f"({batch_size}); got {num_images!r}.")
-  num_images = int(num_images)
+  num_images = check_num_images(num_images, batch_size)
   C.check_choice(weights, WEIGHTS, arg="weights")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
@@ -153,9 +146,7 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     raise ValueError(
         f'`partner="flip"` pairs each sample with one partner, so it needs '
         f"num_images == 2; got {num_images}. Use \"permutation\" or \"roll\".")
-  if not isinstance(identity_first, bool):
-    raise ValueError(
-        f"`identity_first` must be a bool; got {identity_first!r}.")
+  C.check_static_bool(identity_first, arg="identity_first")
   if not identity_first and partner != "permutation":
     raise ValueError(
         f'`identity_first=False` permutes every image and needs '
@@ -172,18 +163,20 @@ def nway_mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *,
     index = draw_indices(k_index, batch_size, num_images, partner,
                          identity_first)
   else:
-    index = _check_indices(indices, batch_size, num_images)
+    C.check_index_matrix(indices, batch_size, num_images)
+    index = jnp.asarray(indices, jnp.int32)
 
   # Accumulate in at least float32 (bf16 images), cast once at the end.
   acc_dtype = jnp.promote_types(images.dtype, jnp.float32)
   # One row gather per image (N takes of [B, ...]) rather than a single
   # [B, N, ...] gather: XLA's CPU gather for the latter was ~50x slower.
   mixed = sum(C.per_sample(lam[:, i], images.ndim).astype(acc_dtype) *
-              images[index[:, i]].astype(acc_dtype)
+              C.take(images, index[:, i]).astype(acc_dtype)
               for i in range(num_images)).astype(images.dtype)
   # An explicit product-sum rather than einsum: accelerators may run matmuls
   # at reduced precision by default.
-  mixed_labels = jnp.sum(lam[..., None] * labels[index].astype(jnp.float32),
+  mixed_labels = jnp.sum(lam[..., None] * C.take(labels, index).astype(jnp.float32),
                          axis=1)
   aux = {"lam": lam, "index": index}
-  return mixed, mixed_labels.astype(labels.dtype), aux
+  return C.restore_layout(mixed, mixed_labels.astype(labels.dtype), aux,
+                          data_format)

@@ -8,6 +8,7 @@ kept rather than cropped. λ is the own image's remaining area.
 from __future__ import annotations
 
 import functools
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -67,6 +68,9 @@ def draw_tau(key: Array, n: int, *, alpha: float, scope: tuple[float, float],
 
 
 NEAREST_RULES = ("exact", "torch")
+CHECKS = {"scope": functools.partial(C.check_range, arg="scope"),
+          "use_alpha": functools.partial(C.check_static_bool, arg="use_alpha"),
+          "nearest": C.choice_check(NEAREST_RULES, "nearest")}
 
 
 def nearest_source(box: Array, height: int, width: int, rule: str = "exact"
@@ -101,10 +105,12 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
               scope: tuple[float, float] = (0.1, 0.8), use_alpha: bool = True,
               lam_scope: str = "batch", partner: str = "permutation",
               tau: Any = None, index: Any = None, center: Any = None,
-              nearest: str = "exact") -> tuple[Array, Array, dict[str, Array]]:
+              nearest: str = "exact", data_format: Any = None
+              ) -> tuple[Array, Array, dict[str, Array]]:
   """ResizeMix: the partner image, resized, pasted into a box of the own image.
 
-  Semantics of OpenMixup's ``resizemix`` (``/work/shared/reference/mixers.md``
+  Semantics of OpenMixup's ``resizemix`` (the reference survey
+  ``shared/reference/mixers.md``
   §1): box side ``int(S τ)`` per axis, centre uniform on the pixel grid, half
   side ``cut // 2`` on both sides, clipped to the image; the *whole* partner is
   resized (nearest) to the clipped box; ``λ = 1 - box_area / (H W)``.
@@ -132,6 +138,9 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     nearest: ``"exact"`` (integer source rule, default) or ``"torch"``
       (PyTorch's float32 rule, to match OpenMixup bit for bit); see
       ``nearest_source``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)``; ``aux`` holds ``lam`` ``[B]``,
@@ -139,14 +148,24 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     pixel is kept, 0 inside the box), ``box`` ``[B, 4]`` int32
     ``(y1, y2, x1, x2)`` and ``tau`` ``[B]`` float32.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels)
   alpha = C.check_alpha(alpha)
   scope = C.check_range(scope, arg="scope")
-  use_alpha = B_.check_bool(use_alpha, arg="use_alpha")
+  use_alpha = C.check_static_bool(use_alpha, arg="use_alpha")
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
   C.check_choice(nearest, NEAREST_RULES, arg="nearest")
   _, height, width, _ = images.shape
+  # The box spans [c - cut//2, c + cut//2) with cut = floor(side·τ): it is
+  # empty unless cut >= 2, i.e. side·τ >= 2 for the largest τ that can occur.
+  tau_max = 1.0 if tau is not None else scope[1]
+  if int(min(height, width) * tau_max + 1e-9) < 2:
+    B_.check_box_room(
+        height, width, math.ceil(2 / tau_max - 1e-9) if tau_max > 0 else
+        10 ** 9, mixer="resizemix", why=(
+            f"its box side floor(side·τ) with τ <= {tau_max} stays below "
+            "the 2 pixels a box [c - cut//2, c + cut//2) needs"))
   if tau is not None:
     tau = C.check_lam(tau, batch_size, arg="tau")
   if center is not None:
@@ -167,9 +186,14 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
                            height, width, "symmetric")
   inside = B_.box_inside(box, height, width)[..., None]
   rows, cols = nearest_source(box, height, width, nearest)
-  resized = jax.vmap(lambda img, r, c: img[r][:, c])(images[index], rows, cols)
+  # resized[b, i, j] = partner[b, rows[b, i], cols[b, j]]: two batched
+  # takes (a vmap would need rows/cols sharded like the images).
+  resized = jnp.take_along_axis(C.take(images, index),
+                                rows[:, :, None, None], axis=1)
+  resized = jnp.take_along_axis(resized, cols[:, None, :, None], axis=2)
   mixed = jnp.where(inside, resized, images)
   lam = B_.box_area_lam(box, height, width)
   aux = {"lam": lam, "index": index,
          "mask": (~inside).astype(jnp.float32), "box": box, "tau": tau}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -5,7 +5,8 @@ pasted patch is likely to hold the partner's object. Saliency is computed in
 JAX with the spectral residual of Hou & Zhang (CVPR 2007), the method of
 OpenCV's ``StaticSaliencySpectralResidual``.
 
-Deviations from OpenMixup (``/work/shared/reference/mixers.md`` §1), on purpose:
+Deviations from OpenMixup (the reference survey ``shared/reference/mixers.md``
+§1), on purpose:
 
 * OpenMixup computes OpenCV's *fine-grained* saliency of one image,
   ``x[π[0]]``, and uses its box for the whole batch. Here every sample's box is
@@ -117,7 +118,8 @@ def saliency_peak(saliency: Array) -> Array:
 def saliencymix(key: Array, images: Array, labels: Array, *,
                 alpha: float = 1.0, lam_scope: str = "batch",
                 partner: str = "permutation", saliency: Any = None,
-                lam: Any = None, index: Any = None
+                lam: Any = None, index: Any = None,
+                data_format: Any = None
                 ) -> tuple[Array, Array, dict[str, Array]]:
   """SaliencyMix: a CutMix-sized box around the partner's saliency peak.
 
@@ -138,17 +140,24 @@ def saliencymix(key: Array, images: Array, labels: Array, *,
       None. Sample ``i`` uses ``saliency[index[i]]``.
     lam: optional explicit λ, scalar or ``[B]``.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)``; ``aux`` holds ``lam``, ``index``,
     ``mask`` ``[B, H, W, 1]`` (own weight, binary), ``box`` ``[B, 4]`` int32
     ``(y1, y2, x1, x2)`` and ``center`` ``[B, 2]`` int32 (the peak used).
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels)
   alpha = C.check_alpha(alpha)
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   C.check_partner(partner, batch_size)
   _, height, width, _ = images.shape
+  B_.check_box_room(height, width, 3, mixer="saliencymix", why=(
+      "its box spans [c - cut//2, c + cut//2), empty unless "
+      "cut = floor(side·sqrt(1-λ)) >= 2"))
   if saliency is not None:
     shape = getattr(saliency, "shape", None)
     if shape is None or tuple(shape) != (batch_size, height, width):
@@ -167,9 +176,9 @@ def saliencymix(key: Array, images: Array, labels: Array, *,
     # Only the partners' maps are needed; the saliency is a fixed function of
     # the pixels and never differentiated through.
     partner_saliency = spectral_residual_saliency(
-        jax.lax.stop_gradient(images[index]))
+        jax.lax.stop_gradient(C.take(images, index)))
   else:
-    partner_saliency = saliency[index]
+    partner_saliency = C.take(saliency, index)
   center = saliency_peak(partner_saliency)
   box = B_.box_from_center(center[:, 0], center[:, 1],
                            B_.cut_size(lam, height), B_.cut_size(lam, width),
@@ -179,4 +188,5 @@ def saliencymix(key: Array, images: Array, labels: Array, *,
   mixed = C.apply_mask(images, mask, index)
   aux = {"lam": lam, "index": index, "mask": mask, "box": box,
          "center": center}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

@@ -26,10 +26,22 @@ def gaussian_mask(centre: jax.Array, sigma: jax.Array, height: int,
   return jnp.exp(-0.5 * (dy * dy + dx * dx))
 
 
+def check_sigma_scope(sigma_scope: Any) -> tuple[float, float]:
+  lo, hi = C.check_range(sigma_scope, arg="sigma_scope", high=float("inf"))
+  if not lo > 0 or hi == float("inf"):
+    raise ValueError(
+        f"`sigma_scope` must be a finite pair (lo, hi) with 0 < lo <= hi "
+        f"(σ as a fraction of the image side); got {tuple(sigma_scope)}.")
+  return lo, hi
+
+
+CHECKS = {"sigma_scope": check_sigma_scope}
+
+
 def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
               alpha: float = 0.2, sigma_scope: Any = (0.25, 0.5),
               lam_scope: str = "batch", partner: str = "permutation",
-              index: Any = None
+              index: Any = None, data_format: Any = None
               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """SmoothMix: ``x̃ = (1 - k) ⊙ x + k ⊙ x[index]`` with a Gaussian ``k``.
 
@@ -60,18 +72,18 @@ def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
       ``"sample"``: one each.
     partner: ``"permutation"``, ``"flip"`` or ``"roll"``.
     index: optional explicit partner indices ``[B]``.
+    data_format: ``None`` or ``"NHWC"`` (channels last) or ``"NCHW"``
+      (channels on axis 1; the output and ``aux['mask']`` keep it). ``None``
+      refuses a batch that looks NCHW (``automix_jax/mixers/_common.py``).
 
   Returns:
     ``(mixed_images, mixed_labels, aux)`` with ``aux = {'lam': [B] float32,
     'index': [B] int32, 'mask': [B, H, W, 1] float32 own weight 1 - k}``.
   """
+  images = C.channels_last(images, data_format)
   batch_size = C.check_batch(images, labels, ranks=(4,))
   C.check_alpha(alpha)
-  lo, hi = C.check_range(sigma_scope, arg="sigma_scope", high=float("inf"))
-  if not lo > 0 or hi == float("inf"):
-    raise ValueError(
-        f"`sigma_scope` must be a finite pair (lo, hi) with 0 < lo <= hi "
-        f"(σ as a fraction of the image side); got {tuple(sigma_scope)}.")
+  lo, hi = check_sigma_scope(sigma_scope)
   C.check_choice(lam_scope, C.LAM_SCOPES, arg="lam_scope")
   k_index, k_centre, k_sigma = jax.random.split(key, 3)
   index = C.resolve_index(k_index, batch_size, partner, index)
@@ -87,4 +99,5 @@ def smoothmix(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   lam = C.mask_to_lam(own)
   mixed = C.apply_mask(images, own, index)
   aux = {"lam": lam, "index": index, "mask": own}
-  return mixed, C.mix_labels(labels, lam, index), aux
+  return C.restore_layout(mixed, C.mix_labels(labels, lam, index), aux,
+                          data_format)

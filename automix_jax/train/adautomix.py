@@ -100,7 +100,7 @@ class AdAutoMix(L.LearnedMixingBase):
   def _generator_init_args(self, features, image_hw):
     n = features.shape[0]
     ids = jnp.arange(n, dtype=jnp.int32)
-    indices = jnp.stack([jnp.roll(ids, i) for i in range(n)])
+    indices = jnp.stack([jnp.roll(ids, i) for i in range(n)], axis=1)  # [B, N]
     return features, indices, jnp.full((n,), 1.0 / n, jnp.float32)
 
   # ---------------------------------------------------------------------------
@@ -138,8 +138,8 @@ class AdAutoMix(L.LearnedMixingBase):
     return jnp.any(jnp.logical_or(m >= tested, m > 1.0 - tested))
 
   def masks(self, gen_params, features, perms, lam, image_hw):
-    """``[B, N, H, W]`` masks for the sources ``x[perms[i]]``."""
-    return self.generator.apply({"params": gen_params}, features, perms, lam,
+    """``[B, H, W, N]`` masks for the sources ``x[perms[i]]`` (perms ``[N, B]``)."""
+    return self.generator.apply({"params": gen_params}, features, perms.T, lam,
                                 image_size=image_hw)
 
   # ---------------------------------------------------------------------------
@@ -164,8 +164,7 @@ class AdAutoMix(L.LearnedMixingBase):
         self.masks(state.params["generator"], features, d["perm_bb"],
                    d["lam_bb"], image_hw))
     fire = self.margin_fires(d["lam_bb"])
-    m_bb = jnp.where(fire, jnp.broadcast_to(d["lam_bb"][None, :, None, None],
-                                            m_bb.shape), m_bb)
+    m_bb = jnp.where(fire, jnp.broadcast_to(d["lam_bb"], m_bb.shape), m_bb)
     lam_bb_bn = jnp.broadcast_to(d["lam_bb"], (b, n))
     lam_mb_bn = jnp.broadcast_to(d["lam_mb"], (b, n))
     idx_bb, idx_mb = d["perm_bb"].T, d["perm_mb"].T              # [B, N]
@@ -173,7 +172,8 @@ class AdAutoMix(L.LearnedMixingBase):
         **d, "n": n, "images": images, "targets": targets,
         "image_hw": image_hw, "features": features,
         "teacher_logits": t_out["logits"]["mix"],
-        "stats0": stats0, "stats1": stats1, "fire": fire, "m_bb": m_bb,
+        "stats0": stats0, "stats1": stats1, "fire": fire,
+        "m_bb": jnp.moveaxis(m_bb, -1, 1),                     # [B, N, H, W]
         "x_bb": generators.nway_blend(images, m_bb, idx_bb),
         "x_lin": generators.nway_blend(images, lam_bb_bn, idx_bb),
         "y_bb": generators.nway_labels(targets, lam_bb_bn, idx_bb),
@@ -232,7 +232,8 @@ class AdAutoMix(L.LearnedMixingBase):
     a = self.mixup_radio
     loss_cls = (ce_amce + (1.0 - a) * ce_one + a * ce_lin if n >= 3
                 else ce_amce + ce_one)
-    aux = {"stats": stats, "teacher_stats": stats2, "x_mb": x_mb, "m_mb": m_mb,
+    aux = {"stats": stats, "teacher_stats": stats2, "x_mb": x_mb,
+           "m_mb": jnp.moveaxis(m_mb, -1, 1),                  # [B, N, H, W]
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
                        "ce_one": ce_one, "ce_mix": ce_amce, "ce_lin": ce_lin,
                        "ce_teacher_mix": ce_teacher, "cos": cos}}

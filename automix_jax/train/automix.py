@@ -113,8 +113,12 @@ class AutoMix(L.LearnedMixingBase):
 
   def mask(self, gen_params, features, index, lam, image_hw):
     """Partner weight ``s`` ``[B, H, W, 1]``."""
-    return self.generator_for(image_hw).apply(
-        {"params": gen_params}, features, index, lam, image_size=image_hw)
+    # The Mix Block returns the own weight sigmoid(-z) and its logit -z; the
+    # reference's partner weight sigmoid(z) is taken from the logit, exactly.
+    _, own_logits = self.generator_for(image_hw).apply(
+        {"params": gen_params}, features, index, lam, image_size=image_hw,
+        return_logits=True)
+    return jax.nn.sigmoid(-own_logits)
 
   @staticmethod
   def mix(images, s, index):

@@ -19,8 +19,10 @@ def _feats(seed=0, shape=(B, H, W, C)):
 
 
 def _perms(n, b=B, seed=1):
+  """``[B, N]`` sources, column i a permutation (the one index layout)."""
   keys = jax.random.split(jax.random.key(seed), n)
-  return jnp.stack([jax.random.permutation(k, b) for k in keys]).astype(jnp.int32)
+  return jnp.stack([jax.random.permutation(k, b) for k in keys],
+                   axis=1).astype(jnp.int32)
 
 
 def _randomise(params, seed=3, std=0.5):
@@ -57,7 +59,7 @@ def _adaptive(n=3, lam_concat=False, upsample="bilinear", scale=4, feats=None,
 def _naive_adaptive_logits(params, feats, perms, lam, lam_concat):
   """The reference's co_mix / normal_mix before upsampling, in numpy float64:
   logits summed over j != i of q_i k_jᵀ (N >= 3) or the single partner (N = 2)."""
-  z = np.asarray(feats, np.float64)[np.asarray(perms)]           # [N,B,h,w,C]
+  z = np.asarray(feats, np.float64)[np.asarray(perms).T]         # [N,B,h,w,C]
   n, b, h, w, _ = z.shape
   if lam_concat:
     lam_map = np.broadcast_to(np.asarray(lam, np.float64)[:, None, None, None,
@@ -74,7 +76,7 @@ def _naive_adaptive_logits(params, feats, perms, lam, lam_concat):
     logits = sum(q[i] @ np.swapaxes(k[j], 1, 2) for j in range(n) if j != i)
     att = _np_softmax(logits / np.sqrt(d), -1)
     out.append((att @ v[i]).reshape(b, h, w))
-  return np.stack(out, 1)                                         # [B,N,h,w]
+  return np.stack(out, -1)                                        # [B,h,w,N]
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
@@ -84,9 +86,9 @@ def test_adaptive_mask_matches_naive_reference_with_nearest(n, lam_concat):
   masks, logits = gen.apply({"params": params}, feats, perms, lam,
                             return_logits=True)
   want = _naive_adaptive_logits(params, feats, perms, lam, lam_concat)
-  want = np.repeat(np.repeat(want, 4, 2), 4, 3)
+  want = np.repeat(np.repeat(want, 4, 1), 4, 2)
   np.testing.assert_allclose(logits, want, rtol=2e-5, atol=2e-5)
-  np.testing.assert_allclose(masks, _np_softmax(want, 1), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(masks, _np_softmax(want, -1), rtol=2e-5, atol=2e-6)
 
 
 def test_adaptive_mask_bilinear_matches_torch_interpolate():
@@ -94,9 +96,10 @@ def test_adaptive_mask_bilinear_matches_torch_interpolate():
   gen, params, feats, perms, lam = _adaptive(3, upsample="bilinear")
   masks = gen.apply({"params": params}, feats, perms, lam)
   raw = _naive_adaptive_logits(params, feats, perms, lam, False)
-  up = torch.nn.functional.interpolate(torch.tensor(raw), scale_factor=4,
-                                       mode="bilinear")     # align_corners=False
-  want = torch.softmax(up, dim=1).numpy()
+  up = torch.nn.functional.interpolate(
+      torch.tensor(np.moveaxis(raw, -1, 1)), scale_factor=4,
+      mode="bilinear")                                     # align_corners=False
+  want = np.moveaxis(torch.softmax(up, dim=1).numpy(), 1, -1)
   np.testing.assert_allclose(masks, want, rtol=2e-5, atol=2e-6)
 
 
@@ -104,8 +107,8 @@ def test_adaptive_mask_bilinear_matches_torch_interpolate():
 def test_adaptive_masks_sum_to_one_at_every_pixel(upsample):
   gen, params, feats, perms, lam = _adaptive(3, upsample=upsample)
   masks = np.asarray(gen.apply({"params": params}, feats, perms, lam))
-  assert masks.shape == (B, 3, 16, 16)
-  np.testing.assert_allclose(masks.sum(1), 1.0, rtol=0, atol=1e-6)
+  assert masks.shape == (B, 16, 16, 3)
+  np.testing.assert_allclose(masks.sum(-1), 1.0, rtol=0, atol=1e-6)
   assert masks.min() >= 0 and masks.std() > 0.01   # not trivially uniform
 
 
@@ -136,9 +139,9 @@ def test_adaptive_mask_handles_non_square_maps():
   gen, params, feats, perms, lam = _adaptive(3, upsample="nearest", feats=feats)
   _, logits = gen.apply({"params": params}, feats, perms, lam,
                         return_logits=True)
-  assert logits.shape == (B, 3, 8, 12)
+  assert logits.shape == (B, 8, 12, 3)
   want = np.repeat(np.repeat(_naive_adaptive_logits(params, feats, perms, lam,
-                                                    False), 4, 2), 4, 3)
+                                                    False), 4, 1), 4, 2)
   np.testing.assert_allclose(logits, want, rtol=2e-5, atol=2e-5)
 
 
@@ -156,7 +159,7 @@ def test_generator_output_shapes(feat_hw, channels, scale, image):
       lambda f, p, l: gen.init_with_output(jax.random.key(0), f, p, l,
                                            image_size=(image, image)),
       feats, perms, lam)
-  assert out.shape == (3, 3, image, image)
+  assert out.shape == (3, image, image, 3)
   assert variables["params"]["conv_q"]["kernel"].shape == (1, 1, channels + 1,
                                                            channels // 2)
   pmb = generators.PixelMixBlock(scale=scale)
@@ -173,12 +176,12 @@ def test_adaptive_mask_validation():
   params = gen.init(jax.random.key(0), feats, _perms(3))
   with pytest.raises(ValueError, match="features"):
     gen.apply(params, feats[0], _perms(3))
-  with pytest.raises(ValueError, match=r"N >= 2"):
+  with pytest.raises(ValueError, match=r"2 <= N <= B"):
     gen.apply(params, feats, _perms(1))
-  with pytest.raises(ValueError, match="exceeds the batch"):
+  with pytest.raises(ValueError, match=r"2 <= N <= B"):
     gen.apply(params, feats, _perms(5))
-  with pytest.raises(ValueError, match="indices"):
-    gen.apply(params, feats, _perms(3)[:, :2])
+  with pytest.raises(ValueError, match=r"indices.*\[B, N\]"):
+    gen.apply(params, feats, _perms(3)[:2])
   with pytest.raises(ValueError, match="scale.*16x16.*32x32"):
     gen.apply(params, feats, _perms(3), image_size=(32, 32))
   with pytest.raises(ValueError, match="upsample"):
@@ -201,7 +204,7 @@ def test_adaptive_mask_validation():
 
 def _pixel(lam_concat=False, scale=4, upsample="nearest"):
   feats = _feats()
-  index = _perms(1)[0]
+  index = _perms(1)[:, 0]
   lam = jnp.float32(0.3)
   gen = generators.PixelMixBlock(scale=scale, lam_concat=lam_concat,
                                  upsample=upsample)
@@ -225,7 +228,8 @@ def test_pixel_mix_block_matches_naive_reference(lam_concat):
   v = conv(b_, params["value"]).reshape(B, H * W, 1)   # partner only
   p = _np_softmax(q @ np.swapaxes(k, 1, 2) / np.sqrt(q.shape[-1]), -1)
   logits = np.repeat(np.repeat((p @ v).reshape(B, H, W, 1), 4, 1), 4, 2)
-  np.testing.assert_allclose(s, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+  # The own-image weight 1 - sigmoid(z) (the reference's s is the partner's).
+  np.testing.assert_allclose(s, 1 / (1 + np.exp(logits)), rtol=1e-5, atol=1e-6)
   assert set(params) == {"query", "value"}
 
 
@@ -239,7 +243,7 @@ def test_pixel_mix_block_mask_in_unit_interval():
 
 def test_generators_init_like_the_reference():
   gen = generators.PixelMixBlock()
-  params = gen.init(jax.random.key(0), _feats(), _perms(1)[0])["params"]
+  params = gen.init(jax.random.key(0), _feats(), _perms(1)[:, 0])["params"]
   for p in params.values():
     assert np.all(np.asarray(p["bias"]) == 0)
     assert abs(float(np.std(np.asarray(p["kernel"]))) - 0.01) < 0.005
@@ -279,7 +283,7 @@ def _batch(n_cls=5):
 def test_apply_masks_two_way_contract():
   x, y = _batch()
   mask = jax.random.uniform(jax.random.key(5), (B, 16, 16, 1))
-  index = _perms(1)[0]
+  index = _perms(1)[:, 0]
   mixed, labels, aux = generators.apply_masks(x, y, mask, 0.3, index)
   np.testing.assert_allclose(mixed, mask * x + (1 - mask) * x[index], rtol=1e-6)
   np.testing.assert_allclose(labels, 0.3 * y + 0.7 * y[index], rtol=1e-6)
@@ -291,9 +295,9 @@ def test_apply_masks_n_way_contract():
   x, y = _batch()
   gen, params, feats, perms, lam = _adaptive(3)
   masks = gen.apply({"params": params}, feats, perms, lam)
-  index = perms.T
+  index = perms
   mixed, labels, aux = generators.apply_masks(x, y, masks, lam, index)
-  want = sum(masks[:, i, :, :, None] * x[index[:, i]] for i in range(3))
+  want = sum(masks[..., i:i + 1] * x[index[:, i]] for i in range(3))
   np.testing.assert_allclose(mixed, want, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(np.asarray(labels).sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(
@@ -302,9 +306,9 @@ def test_apply_masks_n_way_contract():
   assert aux["mask"].shape == (B, 16, 16, 3)
   assert aux["lam"].shape == (B, 3) and aux["index"].shape == (B, 3)
   # Pixel provenance: with one-hot masks every pixel comes from one source.
-  hard = jax.nn.one_hot(jnp.argmax(masks, 1), 3, axis=1)
+  hard = jax.nn.one_hot(jnp.argmax(masks, -1), 3)
   mixed, _, _ = generators.apply_masks(x, y, hard, lam, index)
-  src = np.asarray(jnp.argmax(masks, 1))
+  src = np.asarray(jnp.argmax(masks, -1))
   xs = np.asarray(x)[np.asarray(index)]            # [B, N, H, W, C]
   pick = np.take_along_axis(xs, src[:, None, :, :, None], 1)[:, 0]
   np.testing.assert_array_equal(mixed, pick)
@@ -313,13 +317,13 @@ def test_apply_masks_n_way_contract():
 def test_apply_masks_validation():
   x, y = _batch()
   with pytest.raises(ValueError, match="masks"):
-    generators.apply_masks(x, y, jnp.ones((B, 8, 8, 1)), 0.5, _perms(1)[0])
+    generators.apply_masks(x, y, jnp.ones((B, 8, 8, 1)), 0.5, _perms(1)[:, 0])
   with pytest.raises(ValueError, match="masks"):
-    generators.apply_masks(x, y, jnp.ones((B, 2, 16, 16)), jnp.ones(3) / 3,
-                           _perms(3).T)
+    generators.apply_masks(x, y, jnp.ones((B, 16, 16, 2)), jnp.ones(3) / 3,
+                           _perms(3))
   with pytest.raises(ValueError, match="lam"):
-    generators.apply_masks(x, y, jnp.ones((B, 3, 16, 16)) / 3, jnp.ones(2),
-                           _perms(3).T)
+    generators.apply_masks(x, y, jnp.ones((B, 16, 16, 3)) / 3, jnp.ones(2),
+                           _perms(3))
   with pytest.raises(ValueError, match="index"):
     generators.apply_masks(x, y, jnp.ones((B, 16, 16, 1)), 0.5,
                            jnp.zeros((B, 2, 2), jnp.int32))

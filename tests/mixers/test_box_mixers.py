@@ -2,7 +2,8 @@
 
 Every expected box / source location / hole lattice here is recomputed with
 independent NumPy code (float64, Python loops) from the formulas in
-``/work/shared/reference/mixers.md``, not with the helpers under test.
+the reference survey ``shared/reference/mixers.md``, not with the helpers under
+test.
 """
 
 import math

@@ -262,7 +262,8 @@ def test_fmix_any_rank_exact_topk_count(shape):
   n = int(np.prod(shape[1:-1]))
   lam = 0.3  # 0.3 · 64 = 19.2: ceil 20 or floor 19
   counts = set()
-  fn = _jit("fmix", lam_scope="sample")
+  # A rank-3 batch needs its dimensionality spelled out (here a sequence).
+  fn = _jit("fmix", lam_scope="sample", spatial_dims=len(shape) - 2)
   for key in jax.random.split(jax.random.key(0), 4):
     mixed, mixed_labels, aux = fn(key, images, labels, lam=lam)
     mask = np.asarray(aux["mask"])
