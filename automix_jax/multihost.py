@@ -204,11 +204,6 @@ def process_line() -> str:
           f"{jax.default_backend()} devices")
 
 
-def _distributed_client_up() -> bool:
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  return distributed.global_state.client is not None
-
-
 class PreemptionWatcher:
   """Tells the loop, at a step boundary, that the run must save and stop.
 
@@ -222,7 +217,8 @@ class PreemptionWatcher:
   def __init__(self):
     self._requested = False
     self._previous = None
-    self._synced = jax.process_count() > 1 and _distributed_client_up()
+    self._synced = (jax.process_count() > 1
+                    and jax.distributed.is_initialized())
     if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     logging.info("SIGTERM now checkpoints at the next step boundary (%s).",

@@ -344,8 +344,8 @@ class _Input:
     return (2, *self.augment.output_shape(self.train_source.image_shape))
 
 
-def _nonfinite_leaves(tree: Any) -> jax.Array:
-  """Per float leaf: False where the leaf holds a NaN or an infinity."""
+def _finite_leaves(tree: Any) -> Any:
+  """Per leaf: False where a float leaf holds a NaN or an infinity."""
   return jax.tree.map(
       lambda x: (jnp.all(jnp.isfinite(x))
                  if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)),
@@ -382,7 +382,7 @@ class _Trainer:
         method.train_step, in_shardings=(self.state_sh, data.batch_sharding,
                                          repl),
         out_shardings=(self.state_sh, repl), donate_argnums=0)
-    self.finite_leaves = jax.jit(_nonfinite_leaves, out_shardings=repl)
+    self.finite_leaves = jax.jit(_finite_leaves, out_shardings=repl)
     # The loop decides when to save (every_steps, the end, pre-emption).
     self.ckpt = ckpt_lib.Checkpointer(run.workdir / "checkpoints",
                                       max_to_keep=config.checkpoint.keep)
