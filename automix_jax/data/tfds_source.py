@@ -40,10 +40,13 @@ class TfdsSource:
   def __init__(self, data_source, *, name: str, split, num_classes: int,
                image_shape, image_key: str = "image", label_key: str = "label",
                process_local: bool = False,
-               num_examples_global: Optional[int] = None):
+               num_examples_global: Optional[int] = None,
+               global_split: Optional[str] = None):
     self._ds = data_source
     self.name = name
     self.split = split
+    # The split all processes share (``split`` is this process's part).
+    self.global_split = split if global_split is None else global_split
     self.num_classes = int(num_classes)
     self.image_shape = tuple(int(d) for d in image_shape)
     self.image_key = image_key
@@ -55,8 +58,15 @@ class TfdsSource:
     self._batched = hasattr(data_source, "__getitems__")
 
   def fingerprint(self) -> str:
-    """Dataset name, split and size (TFDS versions its data itself)."""
-    return f"tfds:{self.name}:{self.split}:{len(self)}"
+    """Dataset name, split and size (TFDS versions its data itself).
+
+    The same on every process (the whole split, not this process's part), so
+    that all processes agree when a resume compares it with the checkpoint's.
+    """
+    size = "?" if self.num_examples_global is None and self.process_local else (
+        self.num_examples_global if self.num_examples_global is not None
+        else len(self))
+    return f"tfds:{self.name}:{self.global_split}:{size}"
 
   def __len__(self) -> int:
     return len(self._ds)
@@ -180,7 +190,8 @@ def open_tfds(name: str, split: str, *, data_dir: Optional[str] = None,
   except Exception:  # pylint: disable=broad-except
     # Mocked / unusual split dicts: fall back on this process's length.
     num_global = len(ds) if not process_local else None
-  source = TfdsSource(ds, name=name, split=read_split, num_classes=num_classes,
+  source = TfdsSource(ds, name=name, split=read_split, global_split=split,
+                      num_classes=num_classes,
                       image_shape=image_shape, image_key=image_key,
                       label_key=label_key, process_local=process_local,
                       num_examples_global=num_global)

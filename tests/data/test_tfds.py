@@ -44,6 +44,15 @@ def test_open_tfds_keys_and_process_split():
     assert two.process_local
     assert two.split == tfds.split_for_jax_process(
         "train", process_index=1, process_count=2)
+    # Every process records the same data fingerprint (the whole split), so
+    # that all of them agree when a resume compares it with the checkpoint's.
+    zero = data.open_tfds("cifar10", "train", process_index=0, process_count=2)
+    assert zero.split != two.split
+    assert zero.fingerprint() == two.fingerprint()
+    assert zero.fingerprint().startswith("tfds:cifar10:train:")
+    assert (data.open_tfds("cifar10", "test", process_index=0,
+                           process_count=2).fingerprint()
+            != zero.fingerprint())
 
 
 def test_tfds_source_in_train_iterator():
