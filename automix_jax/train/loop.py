@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ from automix_jax.train import methods
 
 SUMMARY_FILE = metrics_lib.SUMMARY_FILE
 METRICS_FILE = metrics_lib.METRICS_FILE
+CONFIG_FILE = "config.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -57,16 +59,18 @@ def _positive_int(config, name):
   return v
 
 
-def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
-  """Raises ``ValueError``/``FileNotFoundError`` on a config that cannot run."""
+def check_config(config: Any) -> None:
+  """Device-free checks of a config, run before any data or model work.
+
+  Positive counts, the method (and its own ``check_config``, e.g. every mixer
+  name and keyword of a static method) and the offline archive's path.
+
+  Raises:
+    ValueError, FileNotFoundError: naming the config key and the expected form.
+  """
   for name in ("num_epochs", "batch_size", "log_every_steps",
                "eval_every_epochs", "report_last_epochs", "eval_batch_size"):
     _positive_int(config, name)
-  sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
-  if config.batch_size % jax.process_count():
-    raise ValueError(
-        f"`batch_size` {config.batch_size} is not divisible by the "
-        f"{jax.process_count()} processes.")
   stop = config.get("stop_after_steps", 0)
   if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
     raise ValueError(f"`config.stop_after_steps` must be an int >= 0; got "
@@ -75,7 +79,9 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
   if isinstance(every, bool) or not isinstance(every, int) or every < 0:
     raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
                      f"(0: only at the end); got {every!r}.")
-  methods.get(config.method)  # unknown / unavailable method -> ValueError
+  method = methods.get(config.method)  # unknown / unavailable -> ValueError
+  if hasattr(method, "check_config"):
+    method.check_config(config)
   data = config.data
   if data.name == "cifar10_archive":
     path = data.archive_path
@@ -84,6 +90,16 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
           f"`config.data.archive_path` {path!r} does not exist (cwd "
           f"{os.getcwd()!r}). Point it at cifar10-jpeg.tar.gz, e.g. "
           "--config.data.archive_path=path/to/cifar10-jpeg.tar.gz.")
+
+
+def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
+  """``check_config`` plus the batch size against the mesh and processes."""
+  check_config(config)
+  sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
+  if config.batch_size % jax.process_count():
+    raise ValueError(
+        f"`batch_size` {config.batch_size} is not divisible by the "
+        f"{jax.process_count()} processes.")
 
 
 # ---------------------------------------------------------------------------
@@ -318,6 +334,10 @@ def _set_up(config: Any, workdir: str) -> _Run:
   is_chief = jax.process_index() == 0
   if is_chief:
     path.mkdir(parents=True, exist_ok=True)
+    # The resolved config (after command-line overrides), as the run saw it.
+    (path / CONFIG_FILE).write_text(
+        json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)
+        + "\n")
   eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
   return _Run(mesh=mesh, workdir=path, is_chief=is_chief,
               eval_batch_size=eval_bs)

@@ -24,7 +24,7 @@ Run:
     --workdir runs/c100_r18_cutmix_400e
 """
 
-from configs import common
+from automix_jax.configs import common
 
 
 def get_config(arg=None):

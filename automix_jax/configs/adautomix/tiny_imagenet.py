@@ -25,8 +25,8 @@ a prepared copy). mean/std: ImageNet's.
 Args (``:k=v,...``): model (r18 | rx50), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

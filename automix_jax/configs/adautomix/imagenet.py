@@ -15,9 +15,9 @@ ImageNet RandomResizedCrop is not in ``automix_jax.data``; images are resized to
 Args (``:k=v,...``): model (r18 | r50), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
-from configs.adautomix import tiny_imagenet
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
+from automix_jax.configs.adautomix import tiny_imagenet
 
 
 def get_config(arg=None):

@@ -19,8 +19,8 @@ smoothing 0.1, RandAugment, EMA 0.999 -> 0.99996 held for the first 25 %.
 Args (``:k=v,...``): model (deit_s | swin_t), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
 
 MODELS = {
     # name, warm-up epochs, mask_layer, scale

@@ -28,7 +28,7 @@ Run:
 
 import ml_collections as mlc
 
-from configs import common
+from automix_jax.configs import common
 
 MODELS = {"r18": ("cifar_resnet18", 256), "rx50": ("cifar_resnext50", 1024)}
 

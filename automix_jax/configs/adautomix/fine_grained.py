@@ -30,9 +30,9 @@ Args (``:k=v,...``): dataset (cub | cars | aircraft), model (r18 | r50 | rx50),
 epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
-from configs.adautomix import tiny_imagenet
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
+from automix_jax.configs.adautomix import tiny_imagenet
 
 DATASETS = {"cub": "caltech_birds2011", "cars": "cars196",
             "aircraft": "fgvc_aircraft"}
