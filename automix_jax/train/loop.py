@@ -301,6 +301,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   trainer = _Trainer(config, run, data, method)
   try:
     trainer.init_or_restore()
+    previous = trainer.finished_summary()
+    if previous is not None:
+      # A re-run of a finished work directory: nothing to train or evaluate.
+      # Its summary keeps the finished run's figures (not this no-op's).
+      logging.warning(
+          "%s already holds a run that reached step %d of %d; nothing to do, "
+          "its %s is kept.", workdir, trainer.step, data.total_steps,
+          SUMMARY_FILE)
+      previous["already_complete"] = trainer.step >= data.total_steps
+      return previous
     trainer.train()
     trainer.wait_for_checkpoints()
     summary = trainer.summary()  # + final evaluations at the end of training
@@ -417,6 +427,8 @@ class _Trainer:
     self.step = self.first_step = 0
     self.preempted = False
     self.train_time = self.eval_time = 0.0
+    self.throughput = metrics_lib.Throughput(config.batch_size)
+    self.progress = None
     self._pending: list[tuple[int, dict]] = []
     self._last_saved = None
 
@@ -437,6 +449,36 @@ class _Trainer:
       logging.info("Resumed from step %d.", step)
     self.step = self.first_step = int(jax.device_get(self.state.step))
 
+  def stop_step(self) -> int:
+    """The step this invocation trains to (``stop_after_steps`` or the end)."""
+    total = self.data.total_steps
+    return min(self.config.get("stop_after_steps", 0) or total, total)
+
+  def finished_summary(self) -> dict | None:
+    """The saved summary of a restored run that has nothing left to train.
+
+    None unless the restored step already is this invocation's last step and
+    ``summary.json`` (read by process 0, its answer shared with every process)
+    records that step.
+    """
+    if self.first_step == 0 or self.step < self.stop_step():
+      return None
+    saved = None
+    path = self.run.workdir / SUMMARY_FILE
+    if self.run.is_chief and path.exists():
+      try:
+        saved = json.loads(path.read_text())
+      except ValueError:
+        saved = None
+      if not isinstance(saved, dict) or saved.get("steps") != self.step:
+        saved = None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      found = bool(multihost_utils.broadcast_one_to_all(
+          np.int32(saved is not None)))
+      saved = (saved or {"steps": self.step}) if found else None
+    return saved
+
   def save(self, force: bool = False) -> None:
     """Checkpoints the state if due, once it and every step were verified."""
     every = self.config.checkpoint.every_steps
@@ -451,6 +493,7 @@ class _Trainer:
          "data_fingerprint": self.data.fingerprint}, force=True)
     if saved:
       self._last_saved = self.step
+    self.throughput.start(self.step)  # the save's time is not training time
 
   def check_state_finite(self) -> None:
     """Parameters, BatchNorm statistics and optimizer state all finite."""
@@ -487,6 +530,12 @@ class _Trainer:
                                             for m in fetched]))
                for k in fetched[-1]}
     scalars["train/lr"] = float(fetched[-1]["lr"])
+    # The fetch above waited for every step up to s_last: completed compute.
+    images_per_s = self.throughput.done(s_last)
+    if images_per_s is not None:
+      scalars["train/images_per_s"] = images_per_s
+    if self.progress is not None:
+      self.progress.set_rate(self.throughput.images_per_s)
     scalars["epoch"] = s_last / self.data.steps_per_epoch
     self.writer.write(s_last, scalars)
 
@@ -499,22 +548,27 @@ class _Trainer:
                                   for k, v in r.items()} | {
                                       "epoch": float(epoch)})
     logging.info("epoch %d: %s", epoch, res)
+    self.throughput.start(self.step)  # the eval's time is not training time
 
   # -- loop -------------------------------------------------------------------
 
   def train(self) -> None:
     config, data = self.config, self.data
     spe, total = data.steps_per_epoch, data.total_steps
-    stop_at = min(config.get("stop_after_steps", 0) or total, total)
-    progress = None
+    stop_at = self.stop_step()
     if config.get("progress_bar", True):
-      progress = metrics_lib.ProgressBar(total, self.step, config.batch_size,
-                                         enabled=self.run.is_chief)
+      self.progress = metrics_lib.ProgressBar(
+          total, self.step, config.batch_size, enabled=self.run.is_chief)
+    progress = self.progress
     t_train = time.time()
     try:
       while self.step < stop_at:
         batch = next(data.train_iter)
         self.state, m = self.train_step(self.state, batch, self.train_key)
+        if self.step == self.first_step:
+          # jit compiled on this thread before dispatching: time from here,
+          # counting this step, leaves the compilation out.
+          self.throughput.start(self.step)
         self.step += 1
         self._pending.append((self.step, m))
         if progress is not None:
@@ -539,6 +593,7 @@ class _Trainer:
     finally:
       if progress is not None:
         progress.close()
+      self.progress = None
     self.train_time = time.time() - t_train - self.eval_time
 
   def wait_for_checkpoints(self) -> None:
@@ -554,7 +609,6 @@ class _Trainer:
 
   def summary(self) -> dict:
     config, data, method = self.config, self.data, self.method
-    done = self.step - self.first_step
     summary: dict[str, Any] = summarize(
         self.history, reported_variant=method.reported_variant,
         report_last=config.report_last_epochs)
@@ -573,8 +627,13 @@ class _Trainer:
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": self.step / data.steps_per_epoch,
         "train_time_s": self.train_time, "eval_time_s": self.eval_time,
-        "train_images_per_s": done * config.batch_size / max(self.train_time,
-                                                             1e-9),
+        # Completed computation between host syncs, without compilation,
+        # evaluations and checkpoints: the progress bar's last figure.
+        "train_images_per_s": self.throughput.images_per_s,
+        "train_images_per_s_rule": (
+            "images of steps whose computation completed / their time, "
+            "measured at the log steps' metric fetches (no compilation, "
+            "evaluation or checkpoint time)"),
         "num_devices": self.run.mesh.size,
         "num_processes": jax.process_count(),
         "history": self.history, "config": config.to_dict(),
