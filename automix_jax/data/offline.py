@@ -40,7 +40,8 @@ _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 def _why(e: BaseException) -> str:
-  return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+  text = " ".join(str(e).split())  # tarfile's messages span several lines
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _sha256(path: str) -> str:
@@ -63,6 +64,9 @@ def _decode_archive(path: str) -> Tuple[Dict[str, Arrays], Tuple[str, ...]]:
   from PIL import Image  # Pillow is only needed for the one-off decode.
 
   items = {s: [] for s in _SPLITS}
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"Archive {path!r} is empty (0 bytes); expected "
+                     f"{ARCHIVE_FORM}.")
   try:
     tar = tarfile.open(path, "r:*")
   except _READ_ERRORS as e:
