@@ -4,7 +4,7 @@
   Classifiers", ECCV 2022, arXiv 2103.13027.
 * AdAutoMix: Qin et al., "Adversarial AutoMixup", ICLR 2024, arXiv 2312.11954.
 
-Both train three things in one step (reference doc §1.2, §1.4, §2):
+Both train three things in one step (AutoMix: OpenMixup; AdAutoMix: the authors' code):
 
 * the online classifier (``params["classifier"]``, ``batch_stats``) with two heads,
   ``one`` (clean CE) and ``mix`` (mixed CE);
@@ -413,7 +413,7 @@ class LearnedMixingBase:
   # -- evaluation -------------------------------------------------------------
 
   def eval_variants(self, state: state_lib.TrainState) -> dict:
-    """Online and EMA-teacher classifiers, heads ``one`` and ``mix`` (§1.5)."""
+    """Online and EMA-teacher classifiers, heads ``one`` and ``mix``."""
     online = {"params": state.params["classifier"],
               "batch_stats": state.batch_stats}
     teacher = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}

@@ -1,6 +1,6 @@
 r"""AdAutoMix with vision transformers on CIFAR-100 upsampled to 224 px.
 
-The authors' ``configs/classification/cifar100/vit/*.py`` (reference doc §3.2):
+The authors' ``configs/classification/cifar100/vit/*.py`` (github.com/JinXins/Adversarial-AutoMixup):
 AdamW lr 5e-4 -> 1e-4 (per-epoch cosine) with linear warm-up (20 epochs Swin-T,
 5 DeiT-S), wd 0.05, grad-clip 10 (global norm over classifier + generator),
 batch 100, 200 epochs (Swin-T also reported at 600: 85.34), N = 3, β = 0.3,
