@@ -76,3 +76,19 @@ def test_bad_value_fails_first_naming_the_key(tmp_path):
   assert "unknown config arg 'mixr'" in out.stderr
   out = _cli(f"--workdir={workdir}")
   assert out.returncode == 2 and "--config is required" in out.stderr
+
+
+def test_readme_training_commands_set_up_the_venv_and_resolve():
+  """The README's training block creates ``.venv`` before it uses it, and each
+  of its ``--config`` values names a config (by name or path)."""
+  import re
+  text = open(os.path.join(ROOT, "README.md")).read()
+  section = text[text.index("## Training"):]
+  block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+  lines = [l for l in block.splitlines() if l.strip()]
+  first_venv = next(i for i, l in enumerate(lines) if ".venv/bin/" in l)
+  assert any("scripts/setup_env.sh" in l for l in lines[:first_venv + 1])
+  specs = re.findall(r"--config (\S+)", block)
+  assert len(specs) >= 4
+  for spec in specs:
+    cli.load_config(spec)
