@@ -60,4 +60,4 @@ def test_the_patterns_catch_what_they_should():
   assert ABSOLUTE.search("see /" + "home/alice/data.tar.gz")
   assert not ABSOLUTE.search("../shared/data/cifar10-jpeg.tar.gz")
   assert not ABSOLUTE.search("https://example.org/home/x")
-  assert NOTES.search("(reference doc " + "\u00a77.3)")
+  assert NOTES.search("(reference" + " doc \u00a77.3)")
