@@ -215,14 +215,10 @@ def _flag_error_line(e: Exception, argv) -> str:
         line = m and unknown_override(config, m.group(1))
         if line:
           return line
-  cause = e
-  while isinstance(cause, flags.Error) and cause.__context__ is not None:
-    cause = cause.__context__  # absl wraps the parser's own error
-  text = str(cause).strip().strip("'\"")
-  text = text.replace("\\n", " ").replace("\\'", "'")
-  if isinstance(cause, ConfigError):
-    return text
-  return " ".join(text.split()) or type(cause).__name__
+  if isinstance(e.__context__, ConfigError):
+    return str(e.__context__)  # absl wraps the --config parser's own error
+  text = str(e).replace("\\n", " ").replace("\\'", "'")
+  return " ".join(text.split()) or type(e).__name__
 
 
 def parse_flags(argv):

@@ -74,6 +74,11 @@ def test_bad_value_fails_first_naming_the_key(tmp_path):
   out = _cli("--config", "cifar10_cpu:mixr=1", f"--workdir={workdir}")
   assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
   assert "unknown config arg 'mixr'" in out.stderr
+  out = _cli("--config", "cifar10_cpu", "--config.num_epochs=abc",
+             f"--workdir={workdir}")
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "automix-train: flag --config.num_epochs=abc: invalid literal for int() "
+      "with base 10: 'abc'"], out.stderr
   out = _cli(f"--workdir={workdir}")
   assert out.returncode == 2 and "--config is required" in out.stderr
 
