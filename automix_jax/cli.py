@@ -36,9 +36,10 @@ from absl import app
 from absl import flags
 from ml_collections.config_flags import config_flags
 
+from automix_jax import configs as configs_lib
+
 PROG = "automix-train"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "configs")
+CONFIG_DIR = os.path.dirname(os.path.abspath(configs_lib.__file__))
 _HELPER_MODULES = ("common",)
 
 
@@ -141,8 +142,8 @@ class _ConfigParser(flags.ArgumentParser):
 
 
 def _define_config_flag(name: str, help_string: str):
-  # DEFINE_config_file with a parser that also takes names; the overrides
-  # (``--config.a.b=v``) are ml_collections' own.
+  """``DEFINE_config_file`` with a parser that also takes names; the overrides
+  (``--config.a.b=v``) are ml_collections' own."""
   flag = config_flags._ConfigFlag(  # pylint: disable=protected-access
       parser=_ConfigParser(),
       serializer=flags.ArgumentSerializer(), name=name, default=None,
@@ -231,6 +232,7 @@ def parse_flags(argv):
 
 
 def _fail(message: str) -> None:
+  """One line on stderr, exit status 2 (a usage error)."""
   print(f"{PROG}: {message}", file=sys.stderr)
   sys.exit(2)
 
@@ -240,11 +242,6 @@ class _QuietOrbax(logging.Filter):
 
   def filter(self, record):
     return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-
-def config_json(config) -> str:
-  """The resolved config as JSON text (``--print_config``, config.json)."""
-  return json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)
 
 
 def main(argv):
@@ -260,7 +257,7 @@ def main(argv):
           "--list_configs).")
   config = _CONFIG.value
   if _PRINT.value:
-    print(config_json(config))
+    print(configs_lib.to_json(config))
     return
   if not _WORKDIR.value:
     _fail("--workdir is required (the output and resume directory).")

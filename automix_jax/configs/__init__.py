@@ -6,3 +6,10 @@ name (``--config cifar10_cpu:mixer=cutmix``, ``--config adautomix/cifar10_cpu``)
 ``configs/<name>.py`` of a clone work as well. ``automix-train --list_configs``
 lists them.
 """
+
+import json
+
+
+def to_json(config) -> str:
+  """A resolved config as JSON text (``--print_config``, ``<workdir>/config.json``)."""
+  return json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)

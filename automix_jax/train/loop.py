@@ -345,9 +345,8 @@ def _set_up(config: Any, workdir: str) -> _Run:
   if is_chief:
     path.mkdir(parents=True, exist_ok=True)
     # The resolved config (after command-line overrides), as the run saw it.
-    (path / CONFIG_FILE).write_text(
-        json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)
-        + "\n")
+    from automix_jax import configs as configs_lib
+    (path / CONFIG_FILE).write_text(configs_lib.to_json(config) + "\n")
   eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
   return _Run(mesh=mesh, workdir=path, is_chief=is_chief,
               eval_batch_size=eval_bs)
