@@ -263,7 +263,7 @@ def main(argv):
     _fail("--workdir is required (the output and resume directory).")
   from automix_jax.train import loop  # pylint: disable=import-outside-toplevel
   try:
-    loop.check_config(config)  # before any device, data or model work
+    loop.check_config(config, files=False)  # before any device or data work
   except (ValueError, FileNotFoundError) as e:
     _fail(f"bad config: {e}")
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel

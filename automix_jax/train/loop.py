@@ -59,11 +59,13 @@ def _positive_int(config, name):
   return v
 
 
-def check_config(config: Any) -> None:
+def check_config(config: Any, *, files: bool = True) -> None:
   """Device-free checks of a config, run before any data or model work.
 
   Positive counts, the method (and its own ``check_config``, e.g. every mixer
-  name and keyword of a static method) and the offline archive's path.
+  name and keyword of a static method) and, with ``files``, the offline
+  archive's path (the command line checks it after the multi-process launch,
+  whose errors come first).
 
   Raises:
     ValueError, FileNotFoundError: naming the config key and the expected form.
@@ -83,7 +85,7 @@ def check_config(config: Any) -> None:
   if hasattr(method, "check_config"):
     method.check_config(config)
   data = config.data
-  if data.name == "cifar10_archive":
+  if files and data.name == "cifar10_archive":
     path = data.archive_path
     if not path or not os.path.isfile(path):
       raise FileNotFoundError(
