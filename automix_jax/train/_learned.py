@@ -207,6 +207,21 @@ class LearnedMixingBase:
   reported_variant = "ema_one"
   default_mask_layer = 2
 
+  @classmethod
+  def check_config(cls, config: Any) -> None:
+    """Device-free checks run before any data or model work.
+
+    Builds the method once without parameters or compute (a placeholder class
+    count and epoch length), so that a bad ``config.<block>`` value fails
+    naming its key. ``per_device_batch_stats`` needs the mesh: the loop checks
+    it.
+    """
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    dry = ml_collections.ConfigDict(config.to_dict())
+    if "per_device_batch_stats" in dry:
+      dry.per_device_batch_stats = False
+    cls(dry, num_classes=2, steps_per_epoch=1, mesh=None)
+
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None, model: Any = None):
     if (isinstance(num_classes, bool) or not isinstance(num_classes, int)

@@ -83,6 +83,24 @@ def test_bad_value_fails_first_naming_the_key(tmp_path):
   assert out.returncode == 2 and "--config is required" in out.stderr
 
 
+def test_every_shipped_config_passes_the_early_check():
+  from automix_jax.train import loop
+  for name in cli.list_configs():
+    loop.check_config(cli.load_config(name), files=False)
+
+
+def test_a_bad_learned_method_value_names_its_key():
+  from automix_jax.train import loop
+  c = cli.load_config("adautomix/cifar10_cpu", lock=False)
+  c.adautomix.alpha = -1.0
+  with pytest.raises(ValueError, match=r"adautomix\.alpha.*> 0"):
+    loop.check_config(c, files=False)
+  c = cli.load_config("automix/cifar10_cpu", lock=False)
+  c.automix.mask_layer = -1
+  with pytest.raises(ValueError, match=r"automix\.mask_layer"):
+    loop.check_config(c, files=False)
+
+
 def test_readme_training_commands_set_up_the_venv_and_resolve():
   """The README's training block creates ``.venv`` before it uses it, and each
   of its ``--config`` values names a config (by name or path)."""
