@@ -8,8 +8,8 @@ docs/interfaces.md) and return dicts of *sums*, so batches combine with
 (exact for any batch size and padding, the `(sum, normalizer)` pattern of
 scenic).
 
-Protocols follow the AdAutoMix/OpenMixup code (reference: adautomix.md 1.5 and
-4.5):
+Protocols follow the AdAutoMix/OpenMixup code (github.com/JinXins/Adversarial-AutoMixup,
+github.com/Westlake-AI/openmixup):
 
 * Top-k accuracy in percent, as in the papers' tables.
 * ECE: 10 equal-width bins over the max softmax probability, bin m covering
@@ -455,7 +455,7 @@ def median_of_last(values: Iterable[float], n: int = 10) -> float:
   median of *all* of them is returned. For an even count the two middle
   values are averaged (`np.median`), e.g. 10 epochs -> mean of the 5th and
   6th smallest. The exact rule of the authors is not verified
-  (adautomix.md 1.5).
+  (see docs/training.md, "Reporting").
 
   Args:
     values: the per-evaluation metric in chronological order (e.g. top-1 in

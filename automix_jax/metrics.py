@@ -14,7 +14,9 @@ Python-json tokens `NaN`/`Infinity`), ints, bools or strings. Keys:
 
 * training lines: `"epoch"` (float, `step / steps_per_epoch`),
   `"train/loss"`, `"train/lr"` and any other `"train/<name>"` scalar of the
-  method's step metrics (mean over the logging window);
+  method's step metrics (mean over the logging window), and
+  `"train/images_per_s"`: the window's throughput of completed computation
+  (`Throughput`; absent on a line whose window held no timed step);
 * evaluation lines (one per evaluated epoch): `"epoch"` (integer-valued
   float) and, for every eval variant (e.g. `online_one`, `ema_one`),
   `"eval/<variant>/top1"` and `"eval/<variant>/top5"` in percent and
@@ -49,7 +51,8 @@ from etils import epath
 import jax
 import numpy as np
 
-__all__ = ["MetricWriter", "check_finite", "ProgressBar", "to_jsonable",
+__all__ = ["MetricWriter", "check_finite", "ProgressBar", "Throughput",
+           "to_jsonable",
            "METRICS_FILE", "SUMMARY_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -243,13 +246,71 @@ def check_finite(step: int, scalars: Mapping[str, Any],
             f"Non-finite {name} = {shown} at step {step}.")
 
 
+class Throughput:
+  """Images/s of *completed* computation, timed between host syncs.
+
+  JAX dispatches steps asynchronously: timing the dispatch loop measures how
+  fast steps are queued, not computed. This clock is only read where the host
+  already waits for the device (the loop's metric fetch at log steps, after an
+  evaluation or a checkpoint), so it adds no synchronisation of its own.
+
+  ``start(step)`` opens a window when the computation up to ``step`` is done
+  (or, for the first step of a run, right after its dispatch returned: jit
+  compiles on the calling thread, so compilation stays out). ``done(step)``
+  closes it when the computation up to ``step`` is complete, adds it to the
+  run's totals, opens the next window and returns the window's images/s.
+  Time between ``done`` and the next ``start`` (evaluations, checkpoints) is
+  not counted.
+
+  Args:
+    batch_size: global batch size (images per step).
+    clock: seconds, monotonic (``time.perf_counter``).
+  """
+
+  def __init__(self, batch_size: int, clock=time.perf_counter):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+        or batch_size < 1:
+      raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}.")
+    self._batch_size = batch_size
+    self._clock = clock
+    self._t0 = self._s0 = None
+    self.steps = 0        # steps inside closed windows
+    self.seconds = 0.0    # their time
+
+  def start(self, step: int) -> None:
+    """The computation up to ``step`` is complete (or being computed)."""
+    self._t0, self._s0 = self._clock(), step
+
+  def done(self, step: int) -> float | None:
+    """The computation up to ``step`` is complete: the window's images/s."""
+    if self._t0 is None:
+      return None
+    now = self._clock()
+    steps, dt = step - self._s0, now - self._t0
+    self._t0, self._s0 = now, step
+    if steps <= 0 or dt <= 0:
+      return None
+    self.steps += steps
+    self.seconds += dt
+    return steps * self._batch_size / dt
+
+  @property
+  def images_per_s(self) -> float | None:
+    """Images/s over every closed window (None before the first)."""
+    if not self.seconds:
+      return None
+    return self.steps * self._batch_size / self.seconds
+
+
 class ProgressBar:
   """tqdm progress bar over training steps with images/s and ETA.
 
   Disabled (a no-op) on processes other than 0. Refreshes at most every
-  `mininterval` seconds, so it is cheap to update every step. The images/s
-  rate is measured from the first `update` on, which leaves out the first
-  step's compilation.
+  `mininterval` seconds, so it is cheap to update every step. The images/s and
+  the ETA come from `set_rate`, which the training loop calls with the
+  throughput of completed computation (`Throughput.images_per_s`, the figure
+  `summary.json` reports); tqdm's own rate would time the asynchronous
+  dispatch and is not shown.
 
   Args:
     total_steps: number of steps of the whole run.
@@ -258,6 +319,8 @@ class ProgressBar:
     enabled: defaults to `jax.process_index() == 0`.
     mininterval: minimum seconds between refreshes.
   """
+
+  _FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
   def __init__(self, total_steps: int, initial: int = 0, batch_size: int = 1,
                *, enabled: bool | None = None, mininterval: float = 1.0):
@@ -268,11 +331,12 @@ class ProgressBar:
     import tqdm  # pylint: disable=import-outside-toplevel
     self.enabled = _is_chief() if enabled is None else bool(enabled)
     self._batch_size = batch_size
+    self._total = total_steps
     self._bar = tqdm.tqdm(total=total_steps, initial=initial, unit="step",
                           dynamic_ncols=True, mininterval=mininterval,
-                          disable=not self.enabled)
-    self._t0 = None
-    self._s0 = initial
+                          bar_format=self._FORMAT, disable=not self.enabled)
+    self._rate = 0.0
+    self._postfix: dict = {}
     self.step = initial
 
   def __enter__(self) -> "ProgressBar":
@@ -282,26 +346,38 @@ class ProgressBar:
     self.close()
 
   def images_per_second(self) -> float:
-    """Training throughput since the first update (0 before two updates)."""
-    if self._t0 is None:
-      return 0.0
-    dt = time.perf_counter() - self._t0
-    return (self.step - self._s0) * self._batch_size / dt if dt > 0 else 0.0
+    """The throughput last given to `set_rate` (0 before)."""
+    return self._rate
+
+  def set_rate(self, images_per_s: float | None) -> None:
+    """Shows `images_per_s` (of completed computation) and the ETA from it."""
+    if images_per_s is None or not math.isfinite(images_per_s) \
+        or images_per_s <= 0:
+      return
+    self._rate = float(images_per_s)
+    self._refresh_postfix()
+
+  def _refresh_postfix(self) -> None:
+    if not self.enabled:
+      return
+    postfix = dict(self._postfix)
+    if self._rate > 0:
+      postfix["img/s"] = f"{self._rate:.1f}"
+      eta = (self._total - self.step) * self._batch_size / self._rate
+      postfix["eta"] = time.strftime("%H:%M:%S", time.gmtime(eta))
+    if postfix:
+      self._bar.set_postfix(postfix, refresh=False)
 
   def update(self, step: int, **postfix: Any) -> None:
     """Moves the bar to `step`; extra keyword values are shown after it."""
     step = _check_step(step)
-    if self._t0 is None:
-      self._t0, self._s0 = time.perf_counter(), step
     self.step = step
     if not self.enabled:
       return
     self._bar.update(step - self._bar.n)
-    ips = self.images_per_second()
-    if ips > 0 and math.isfinite(ips):
-      postfix["img/s"] = f"{ips:.0f}"
     if postfix:
-      self._bar.set_postfix(postfix, refresh=False)
+      self._postfix = postfix
+      self._refresh_postfix()
 
   def close(self) -> None:
     self._bar.close()

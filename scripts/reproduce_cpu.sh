@@ -69,7 +69,7 @@ SEEDS="${SEEDS:-0 1}"
 METHODS="${METHODS:-vanilla mixup cutmix fmix resizemix automix adautomix}"
 OUT="${OUT:-runs/reproduce_cpu}"
 RESULTS="${RESULTS:-results/reproduce_cpu}"
-ARCHIVE="${AUTOMIX_CIFAR10_ARCHIVE:-$(dirname "$root")/shared/data/cifar10-jpeg.tar.gz}"
+ARCHIVE="${AUTOMIX_CIFAR10_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}"  # from $root
 PYTHON="${PYTHON:-.venv/bin/python}"
 DRY_RUN="${DRY_RUN:-0}"
 
@@ -160,7 +160,10 @@ for wd in "$OUT"/*_seed*/; do
   finished "$wd" || continue
   keep="$RESULTS/runs/$(basename "$wd")"
   mkdir -p "$keep"
-  cp "$wd/summary.json" "$keep/summary.json"
+  # Committed summaries name no machine path: the repository root and its
+  # parent folder become relative.
+  sed -e "s|$root/||g" -e "s|$(dirname "$root")/|../|g" "$wd/summary.json" \
+    > "$keep/summary.json"
   [[ -f "$wd/metrics.jsonl" ]] && gzip -9 -c "$wd/metrics.jsonl" > "$keep/metrics.jsonl.gz"
 done
 "$PYTHON" scripts/summarize_runs.py "$OUT" --out "$RESULTS.md" \

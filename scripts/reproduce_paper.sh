@@ -2,7 +2,7 @@
 # Paper-scale recipes: the CIFAR-100 (ResNet-18, ResNeXt-50), Tiny-ImageNet and
 # ImageNet-1k rows of the AdAutoMix (ICLR 2024) and AutoMix (ECCV 2022) tables,
 # for a GPU or TPU host. Each command carries the paper's top-1 as a comment
-# (/work/shared/reference/adautomix.md §4; mixers.md §3 Table A) and an expected
+# (AdAutoMix paper, arXiv 2312.11954, and the OpenMixup model zoo) and an expected
 # wall time read from results/bench_step.md when that file exists.
 #
 #   bash scripts/reproduce_paper.sh                 # dry run: print the commands
@@ -151,7 +151,7 @@ if [[ -f "$BENCH" ]]; then
 fi
 echo
 
-# ---- CIFAR-100, CIFAR ResNet-18, 800 epochs (adautomix.md §4.1 / Table A) ----
+# ---- CIFAR-100, CIFAR ResNet-18, 800 epochs (AdAutoMix paper) ----
 row c100_r18_adautomix_800e configs/adautomix/cifar100.py:model=r18,epochs=800 \
     "82.32 (200 ep 81.55, 400 ep 81.97)" adautomix $((800 * C100))
 row c100_r18_automix_800e configs/automix/cifar100.py:model=r18,epochs=800 \
@@ -180,13 +180,13 @@ row c100_rx50_vanilla_800e configs/cifar100_resnet18.py:mixer=vanilla,epochs=800
 row c100_rx50_mixup_800e configs/cifar100_resnet18.py:mixer=mixup,epochs=800 \
     "82.10" - $((800 * C100)) --config.model.name=cifar_resnext50
 
-# ---- Tiny-ImageNet, 64 px, 400 epochs (adautomix.md §4.2) ----
+# ---- Tiny-ImageNet, 64 px, 400 epochs (AdAutoMix paper) ----
 row tiny_r18_adautomix_400e configs/adautomix/tiny_imagenet.py:model=r18,epochs=400 \
     "69.19" - $((400 * TINY))
 row tiny_rx50_adautomix_400e configs/adautomix/tiny_imagenet.py:model=rx50,epochs=400 \
     "72.89 (bf16 here; the reference used fp16, 2 x 50 batch)" - $((400 * TINY))
 
-# ---- ImageNet-1k, 224 px, 100 epochs (adautomix.md §4.3) ----
+# ---- ImageNet-1k, 224 px, 100 epochs (AdAutoMix paper) ----
 row in1k_r18_adautomix_100e configs/adautomix/imagenet.py:model=r18,epochs=100 \
     "70.86 (known gap: flips + resize only, no RandomResizedCrop)" - $((100 * IN1K))
 row in1k_r50_adautomix_100e configs/adautomix/imagenet.py:model=r50,epochs=100 \
@@ -200,7 +200,7 @@ if [[ "$MODE" == print && -z "$ONLY" ]]; then
 #   AutoMix Tiny-ImageNet RX-50 400 ep           -- paper 70.72
 #   AutoMix ImageNet-1k R-18 100 ep              -- paper 70.50
 #   AutoMix ImageNet-1k R-50 100 ep              -- paper 77.91
-#   static baselines on Tiny-ImageNet / ImageNet -- adautomix.md §4.2-4.3
+#   static baselines on Tiny-ImageNet / ImageNet -- AdAutoMix paper
 # After the runs: python scripts/summarize_runs.py needs <method>_seed<k>
 # directories; for these single-seed paper runs read each
 # $OUT/<row>/summary.json `reported_top1` against the number above.

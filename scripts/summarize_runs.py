@@ -15,7 +15,7 @@ Reads every ``RUN_ROOT/<method>_seed<k>/summary.json`` (as written by
 * a ranking of the methods by mean EMA top-1. A run without an EMA variant
   (``ema_one``) is scored by its online top-1 instead; the table marks it.
 * the ranking against the paper's CIFAR-100 ResNet-18 ranking (AdAutoMix
-  README / OpenMixup, adautomix.md §4.1, mixers.md §3 Table A; 800 and 200
+  paper and README / OpenMixup model zoo; 800 and 200
   epochs): Kendall's tau (tau-b) over the methods present in both, and a
   paragraph listing, in plain words, where the two rankings agree and every
   pair they order differently.
@@ -58,8 +58,8 @@ DISPLAY = {"vanilla": "Vanilla", "mixup": "MixUp", "cutmix": "CutMix",
            "maskmix": "MaskMix"}
 
 # CIFAR-100, CIFAR ResNet-18, top-1 % (median of the last 10 epochs), from
-# /work/shared/reference/adautomix.md §4.1 (= mixers.md §3 Table A for the
-# static mixers and AutoMix). Keys: epochs.
+# the AdAutoMix paper (arXiv 2312.11954) and README, and the OpenMixup model
+# zoo for the static mixers and AutoMix. Keys: epochs.
 PAPER_C100_R18 = {
     800: {"vanilla": 78.04, "mixup": 79.12, "cutmix": 78.17, "fmix": 79.69,
           "resizemix": 80.01, "automix": 82.04, "adautomix": 82.32},
@@ -74,8 +74,9 @@ PAPER_C100_RX50_800 = {
     "resizemix": 80.35, "automix": 83.64, "adautomix": 84.22}
 PAPER_SOURCE = ("CIFAR-100, CIFAR ResNet-18, top-1 % (median of the last 10 "
                 "epochs), AdAutoMix README / OpenMixup model zoo "
-                "(/work/shared/reference/adautomix.md §4.1, mixers.md §3 "
-                "Table A)")
+                "(AdAutoMix paper, Qin et al., ICLR 2024, arXiv 2312.11954, and "
+                "its README; OpenMixup model zoo, "
+                "github.com/Westlake-AI/openmixup)")
 
 
 DEFAULT_TITLE = "CPU-scale reproduction: mixing methods, several seeds"

@@ -1,7 +1,7 @@
 """A minimal PyTorch peer of the vanilla, MixUp and AdAutoMix training steps.
 
-Written here from the algorithm description in ../shared/reference/adautomix.md (§1.3,
-§1.4) — not taken from the authors' code — so that ``scripts/bench_step.py`` can time
+Written here from the algorithm description in the AdAutoMix paper (arXiv 2312.11954)
+and docs/learned_mixing.md — not taken from the authors' code — so that ``scripts/bench_step.py`` can time
 the JAX steps and a PyTorch implementation of the same work on the same machine in the
 same run. It mirrors the JAX side: CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool),
 two linear heads (``one`` and ``mix``), an EMA teacher, the adaptive mask generator with
@@ -139,7 +139,7 @@ class MixupStep(VanillaStep):
 
 
 class AdAutoMixStep:
-  """One AdAutoMix iteration (N images), as in adautomix.md §1.4."""
+  """One AdAutoMix iteration (N images), as in the AdAutoMix paper."""
 
   def __init__(self, num_classes, width=1.0, n=3, alpha=1.0, beta=0.3,
                mixup_ratio=0.5, momentum=0.999):

@@ -1,7 +1,7 @@
 """CIFAR augmentations: host (numpy, vectorised) and on-device (JAX) versions.
 
-The OpenMixup CIFAR recipe (``_base_/datasets/cifar100/sz32_bs100.py``, see
-``reference/adautomix.md`` §3.1): RandomCrop 32 with 4-pixel *reflect* padding,
+The OpenMixup CIFAR recipe (``_base_/datasets/cifar100/sz32_bs100.py`` in
+github.com/Westlake-AI/openmixup): RandomCrop 32 with 4-pixel *reflect* padding,
 horizontal flip (p=0.5), then ``(x / 255 - mean) / std`` with
 mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
 

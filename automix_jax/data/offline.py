@@ -32,6 +32,17 @@ _CACHE_VERSION = 1
 
 Arrays = Tuple[np.ndarray, np.ndarray]
 
+ARCHIVE_FORM = ("a (gzip-compressed) tar archive such as cifar10-jpeg.tar.gz "
+                "with JPEG members 'train/<class>/<file>.jpg' and "
+                "'test/<class>/<file>.jpg'")
+# What tarfile / gzip raise on a garbage, empty or truncated file.
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def _why(e: BaseException) -> str:
+  text = " ".join(str(e).split())  # tarfile's messages span several lines
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
@@ -53,8 +64,28 @@ def _decode_archive(path: str) -> Tuple[Dict[str, Arrays], Tuple[str, ...]]:
   from PIL import Image  # Pillow is only needed for the one-off decode.
 
   items = {s: [] for s in _SPLITS}
-  with tarfile.open(path, "r:*") as tar:
-    for member in tar:
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"Archive {path!r} is empty (0 bytes); expected "
+                     f"{ARCHIVE_FORM}.")
+  try:
+    tar = tarfile.open(path, "r:*")
+  except _READ_ERRORS as e:
+    raise ValueError(f"Archive {path!r} is not a readable tar archive "
+                     f"({_why(e)}); expected {ARCHIVE_FORM}.") from None
+  with tar:
+    members = iter(tar)
+    name = None
+    while True:
+      try:
+        member = next(members, None)
+      except _READ_ERRORS as e:
+        after = f" after member {name!r}" if name else ""
+        raise ValueError(
+            f"Archive {path!r} is truncated or corrupt{after} ({_why(e)}); "
+            f"expected {ARCHIVE_FORM}.") from None
+      if member is None:
+        break
+      name = member.name
       if not member.isfile():
         continue
       parts = member.name.split("/")
@@ -62,15 +93,27 @@ def _decode_archive(path: str) -> Tuple[Dict[str, Arrays], Tuple[str, ...]]:
         raise ValueError(
             f"Archive {path!r}: unexpected member {member.name!r}; expected "
             "'train/<class>/<file>.jpg' or 'test/<class>/<file>.jpg'.")
-      data = tar.extractfile(member).read()
-      with Image.open(io.BytesIO(data)) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+      try:
+        data = tar.extractfile(member).read()
+      except _READ_ERRORS as e:
+        raise ValueError(
+            f"Archive {path!r} is truncated or corrupt at member "
+            f"{member.name!r} ({_why(e)}); expected {ARCHIVE_FORM}.") from None
+      try:
+        with Image.open(io.BytesIO(data)) as img:
+          arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+      except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors
+        raise ValueError(
+            f"Archive {path!r}: member {member.name!r} is not a readable image "
+            f"({_why(e)}); expected a JPEG image in every "
+            "'{train,test}/<class>/<file>.jpg' member.") from None
       items[parts[0]].append((parts[1], parts[2], arr))
   class_names = tuple(sorted({c for c, _, _ in items["train"]}))
   out = {}
   for split in _SPLITS:
     if not items[split]:
-      raise ValueError(f"Archive {path!r} has no '{split}/' images.")
+      raise ValueError(f"Archive {path!r} has no '{split}/' images; "
+                       f"expected {ARCHIVE_FORM}.")
     split_classes = tuple(sorted({c for c, _, _ in items[split]}))
     if split_classes != class_names:
       raise ValueError(

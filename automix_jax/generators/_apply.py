@@ -102,7 +102,7 @@ def upsample(x: jax.Array, scale: int, mode: str) -> jax.Array:
   ``nearest`` is a block repeat (PyTorch's legacy floor-nearest for an integer
   factor); ``bilinear`` is ``jax.image.resize``, whose half-pixel centres with edge
   clamping equal ``F.interpolate(..., mode='bilinear', align_corners=False)`` for
-  upsampling (verified to 4e-7, reference doc §7.3).
+  upsampling (verified to 4e-7 against the authors' code).
   """
   if scale == 1:
     return x

@@ -2,7 +2,7 @@
 ICLR 2024, arXiv 2312.11954).
 
 Behaviour follows the authors' ``AdaptiveMask`` (JinXins/Adversarial-AutoMixup) as
-established by running it (reference doc §1.3, §7.1-7): separate q/k 1x1 convs with
+established by running it (docs/learned_mixing.md): separate q/k 1x1 convs with
 ReLU, a 1-channel value conv on each image's *own* features, cross-attention whose
 logits are summed over the other images before the row softmax, upsampling of the
 per-image logits, then a softmax over the N images at every pixel.
@@ -94,7 +94,7 @@ class AdaptiveMask(nn.Module):
     conv = lambda feats, name: nn.Conv(
         feats, (1, 1), kernel_init=G.KERNEL_INIT, bias_init=G.BIAS_INIT,
         dtype=self.dtype, name=name)
-    # mmcv ConvModule's default act_cfg is ReLU: q, k >= 0 (reference §7.1).
+    # mmcv ConvModule's default act_cfg is ReLU: q, k >= 0.
     q = nn.relu(conv(d, "conv_q")(z)).reshape(n, b, h * w, d)
     k = nn.relu(conv(d, "conv_k")(z)).reshape(n, b, h * w, d)
     v = conv(1, "conv_v")(z).reshape(n, b, h * w, 1)
@@ -105,9 +105,9 @@ class AdaptiveMask(nn.Module):
     attn = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(d)), axis=-1)
     s = jnp.einsum("ibpq,ibqo->ibpo", attn, v.astype(jnp.float32))  # [N,B,hw,1]
     # Row-major (h, w) reshape: also right for non-square maps, which the
-    # reference scrambles (§7.6).
+    # reference scrambles (docs/learned_mixing.md).
     s = jnp.transpose(s.reshape(n, b, h, w), (1, 2, 3, 0))      # [B, h, w, N]
-    # Upsample the logits first, then normalise over images (§7.3).
+    # Upsample the logits first, then normalise over images, as the authors' code.
     s = G.upsample(s, scale, self.upsample)
     masks = jax.nn.softmax(s, axis=-1)
     return (masks, s) if return_logits else masks

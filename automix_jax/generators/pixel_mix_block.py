@@ -2,7 +2,7 @@
 Stronger Classifiers", ECCV 2022, arXiv 2103.13027).
 
 Behaviour follows OpenMixup's ``PixelMixBlock`` as established by running it
-(reference doc §2 and §7.14-16): one shared 1x1 ``query`` conv embeds both the
+(OpenMixup, github.com/Westlake-AI/openmixup): one shared 1x1 ``query`` conv embeds both the
 sample and its partner (no activation, no norm), a 1-channel ``value`` conv sees the
 partner only, ``P = softmax(q_a k_bᵀ / √d)``, and the mask is
 ``s = sigmoid(upsample_nearest(P v_b))``, the per-pixel weight of the *partner*.
@@ -24,7 +24,7 @@ from automix_jax.generators import _apply as G
 
 def automix_scale(image_width: int, mask_layer: int = 2) -> int:
   """The reference's upsampling factor: ``2**mask_layer`` if the image width is at
-  most 64 px, else ``2**(2 + mask_layer)`` (OpenMixup ``pixel_mixup``, §7.16)."""
+  most 64 px, else ``2**(2 + mask_layer)`` (OpenMixup ``pixel_mixup``)."""
   return 2 ** mask_layer if image_width <= 64 else 2 ** (2 + mask_layer)
 
 

@@ -1,7 +1,7 @@
 """CutMix (Yun et al., ICCV 2019, arXiv 1905.04899) and shared box helpers.
 
-The box follows timm / torchvision / OpenMixup exactly (see
-the reference survey ``shared/reference/mixers.md`` §2)::
+The box follows timm / torchvision / OpenMixup exactly (timm ``timm/data/mixup.py``,
+torchvision ``transforms.v2.CutMix``, OpenMixup ``cutmix``)::
 
   r = sqrt(1 - λ);  cut_h = floor(H r);  cut_w = floor(W r)
   rows [clip(cy - cut_h // 2, 0, H), clip(cy + cut_h // 2, 0, H))
@@ -87,7 +87,7 @@ def box_from_center(cy: Array, cx: Array, cut_h: Array, cut_w: Array,
   """The clipped box ``[B, 4]`` int32 ``(y1, y2, x1, x2)``, half-open.
 
   ``rule="symmetric"`` (torchvision, OpenMixup, the CutMix paper's code, and
-  timm at the commit in the reference doc): ``[c - cut//2, c + cut//2)``, so an
+  older timm releases): ``[c - cut//2, c + cut//2)``, so an
   unclipped box has an even side ``2 (cut // 2)``. ``rule="exact"`` (the
   installed timm 1.0.31 ``rand_bbox``): ``[c - cut//2, c + (cut+1)//2)``, so an
   unclipped side is exactly ``cut``.

@@ -73,8 +73,8 @@ def gridmix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   ``1 - holes / (H W)`` (so λ = 1 still leaves 1-pixel holes: OpenMixup's rule).
   Masks come from comparisons, so shapes are static and every draw jits once.
 
-  Deliberate deviations from OpenMixup (the reference survey
-  ``shared/reference/mixers.md``):
+  Deliberate deviations from OpenMixup (github.com/Westlake-AI/openmixup,
+  ``openmixup/models/utils/augments/gridmix.py``):
 
   * OpenMixup lets ``cut_h`` exceed H (aspect > 1) and ``cut_w`` exceed W
     (aspect < 1); the crop origin ``int((H - cut_h) u)`` then goes negative and

@@ -109,9 +109,8 @@ def resizemix(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
               ) -> tuple[Array, Array, dict[str, Array]]:
   """ResizeMix: the partner image, resized, pasted into a box of the own image.
 
-  Semantics of OpenMixup's ``resizemix`` (the reference survey
-  ``shared/reference/mixers.md``
-  §1): box side ``int(S τ)`` per axis, centre uniform on the pixel grid, half
+  Semantics of OpenMixup's ``resizemix`` (github.com/Westlake-AI/openmixup,
+  ``openmixup/models/utils/augments/resizemix.py``): box side ``int(S τ)`` per axis, centre uniform on the pixel grid, half
   side ``cut // 2`` on both sides, clipped to the image; the *whole* partner is
   resized (nearest) to the clipped box; ``λ = 1 - box_area / (H W)``.
 

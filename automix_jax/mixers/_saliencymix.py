@@ -5,8 +5,8 @@ pasted patch is likely to hold the partner's object. Saliency is computed in
 JAX with the spectral residual of Hou & Zhang (CVPR 2007), the method of
 OpenCV's ``StaticSaliencySpectralResidual``.
 
-Deviations from OpenMixup (the reference survey ``shared/reference/mixers.md``
-§1), on purpose:
+Deviations from OpenMixup (github.com/Westlake-AI/openmixup,
+``openmixup/models/utils/augments/saliencymix.py``), on purpose:
 
 * OpenMixup computes OpenCV's *fine-grained* saliency of one image,
   ``x[π[0]]``, and uses its box for the whole batch. Here every sample's box is

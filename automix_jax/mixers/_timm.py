@@ -1,7 +1,7 @@
 """``Mixup``: timm's ``timm.data.Mixup`` as one pure, key-first JAX call.
 
 ``Mixup(mixup_alpha=.8, cutmix_alpha=1., label_smoothing=.1, num_classes=1000)``
-has timm's hyperparameters, defaults and draws (reference survey §2, installed
+has timm's hyperparameters, defaults and draws (``timm/data/mixup.py``, installed
 timm 1.0.x): the partner of sample i is ``B - 1 - i`` (``x.flip(0)``), a ``prob``
 gate, a ``switch_prob`` choice between MixUp and CutMix, ``cutmix_minmax``
 boxes, ``correct_lam``, smoothed one-hot targets, and the three modes:

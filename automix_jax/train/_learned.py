@@ -4,7 +4,7 @@
   Classifiers", ECCV 2022, arXiv 2103.13027.
 * AdAutoMix: Qin et al., "Adversarial AutoMixup", ICLR 2024, arXiv 2312.11954.
 
-Both train three things in one step (reference doc §1.2, §1.4, §2):
+Both train three things in one step (AutoMix: OpenMixup; AdAutoMix: the authors' code):
 
 * the online classifier (``params["classifier"]``, ``batch_stats``) with two heads,
   ``one`` (clean CE) and ``mix`` (mixed CE);
@@ -206,6 +206,21 @@ class LearnedMixingBase:
   block_name = ""
   reported_variant = "ema_one"
   default_mask_layer = 2
+
+  @classmethod
+  def check_config(cls, config: Any) -> None:
+    """Device-free checks run before any data or model work.
+
+    Builds the method once without parameters or compute (a placeholder class
+    count and epoch length), so that a bad ``config.<block>`` value fails
+    naming its key. ``per_device_batch_stats`` needs the mesh: the loop checks
+    it.
+    """
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    dry = ml_collections.ConfigDict(config.to_dict())
+    if "per_device_batch_stats" in dry:
+      dry.per_device_batch_stats = False
+    cls(dry, num_classes=2, steps_per_epoch=1, mesh=None)
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None, model: Any = None):
@@ -413,7 +428,7 @@ class LearnedMixingBase:
   # -- evaluation -------------------------------------------------------------
 
   def eval_variants(self, state: state_lib.TrainState) -> dict:
-    """Online and EMA-teacher classifiers, heads ``one`` and ``mix`` (§1.5)."""
+    """Online and EMA-teacher classifiers, heads ``one`` and ``mix``."""
     online = {"params": state.params["classifier"],
               "batch_stats": state.batch_stats}
     teacher = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}

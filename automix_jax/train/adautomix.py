@@ -2,7 +2,7 @@
 as a pure training method.
 
 One iteration, following the authors' ``AdAutoMix.forward_train`` as established
-by running it (reference doc §1.4, §7.8-13); N = ``mix_samples`` images per mix:
+by running it (github.com/JinXins/Adversarial-AutoMixup; docs/learned_mixing.md); N = ``mix_samples`` images per mix:
 
 * N >= 3: one λ vector per batch, ``λ_i = Beta(α, α)_i / Σ_j Beta(α, α)_j``
   (normalised Beta draws, not a Dirichlet), shared by both samples; N fresh

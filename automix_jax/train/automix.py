@@ -1,7 +1,7 @@
 """AutoMix (Liu et al., "AutoMix: Unveiling the Power of Mixup for Stronger
 Classifiers", ECCV 2022, arXiv 2103.13027) as a pure training method.
 
-One iteration (OpenMixup ``AutoMixup.forward_train``; reference doc §2, §7.14-16):
+One iteration (OpenMixup ``AutoMixup.forward_train``; github.com/Westlake-AI/openmixup):
 
 * λ_mb, λ_bb ~ Beta(α, α) independently (α = 2), one per batch; independent
   permutations π_mb, π_bb.
@@ -71,7 +71,7 @@ class AutoMix(L.LearnedMixingBase):
         upsample=gen_cfg.get("upsample", "nearest"))
 
   def generator_for(self, image_hw):
-    """The Mix Block with its scale resolved for ``image_hw`` (auto: §7.16)."""
+    """The Mix Block with its scale resolved for ``image_hw`` (auto: as OpenMixup)."""
     if self._scale_auto:
       return self.generator.clone(
           scale=generators.automix_scale(image_hw[1], self.mask_layer))
@@ -99,7 +99,7 @@ class AutoMix(L.LearnedMixingBase):
     return jnp.float32(self.mask_loss) * 0.5 * (1.0 + jnp.cos(math.pi * t))
 
   def margin_fires(self, lam_bb: jax.Array) -> jax.Array:
-    """``m >= λ_bb or m >= 1 - λ_bb`` (OpenMixup ``pixel_mixup``, §7.16)."""
+    """``m >= λ_bb or m >= 1 - λ_bb`` (OpenMixup ``pixel_mixup``)."""
     m = jnp.float32(self.lam_margin)
     return jnp.logical_or(m >= lam_bb, m >= 1.0 - lam_bb)
 

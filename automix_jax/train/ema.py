@@ -6,7 +6,7 @@ The update follows AutoMix / AdAutoMix's ``momentum_update``:
 Numerics. The reference forms ``(1 - m)`` from a Python float (float64) and
 rounds it to float32 once. ``1 - float32(m)`` is not the same: at
 ``m = 0.999999`` it gives 1.0133e-6 instead of 1e-6, a 1.3 % error on the
-online weight (adautomix.md §7 item 13). Every schedule here therefore returns
+online weight (docs/learned_mixing.md). Every schedule here therefore returns
 the *pair* ``(m, one_minus_m)`` with ``one_minus_m`` computed directly in a
 cancellation-free form (never as ``1 - m`` in float32):
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ from automix_jax.train import methods
 
 SUMMARY_FILE = metrics_lib.SUMMARY_FILE
 METRICS_FILE = metrics_lib.METRICS_FILE
+CONFIG_FILE = "config.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -57,16 +59,20 @@ def _positive_int(config, name):
   return v
 
 
-def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
-  """Raises ``ValueError``/``FileNotFoundError`` on a config that cannot run."""
+def check_config(config: Any, *, files: bool = True) -> None:
+  """Device-free checks of a config, run before any data or model work.
+
+  Positive counts, the method (and its own ``check_config``, e.g. every mixer
+  name and keyword of a static method) and, with ``files``, the offline
+  archive's path (the command line checks it after the multi-process launch,
+  whose errors come first).
+
+  Raises:
+    ValueError, FileNotFoundError: naming the config key and the expected form.
+  """
   for name in ("num_epochs", "batch_size", "log_every_steps",
                "eval_every_epochs", "report_last_epochs", "eval_batch_size"):
     _positive_int(config, name)
-  sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
-  if config.batch_size % jax.process_count():
-    raise ValueError(
-        f"`batch_size` {config.batch_size} is not divisible by the "
-        f"{jax.process_count()} processes.")
   stop = config.get("stop_after_steps", 0)
   if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
     raise ValueError(f"`config.stop_after_steps` must be an int >= 0; got "
@@ -75,15 +81,27 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
   if isinstance(every, bool) or not isinstance(every, int) or every < 0:
     raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
                      f"(0: only at the end); got {every!r}.")
-  methods.get(config.method)  # unknown / unavailable method -> ValueError
+  method = methods.get(config.method)  # unknown / unavailable -> ValueError
+  if hasattr(method, "check_config"):
+    method.check_config(config)
   data = config.data
-  if data.name == "cifar10_archive":
+  if files and data.name == "cifar10_archive":
     path = data.archive_path
     if not path or not os.path.isfile(path):
       raise FileNotFoundError(
           f"`config.data.archive_path` {path!r} does not exist (cwd "
           f"{os.getcwd()!r}). Point it at cifar10-jpeg.tar.gz, e.g. "
           "--config.data.archive_path=path/to/cifar10-jpeg.tar.gz.")
+
+
+def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
+  """``check_config`` plus the batch size against the mesh and processes."""
+  check_config(config)
+  sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
+  if config.batch_size % jax.process_count():
+    raise ValueError(
+        f"`batch_size` {config.batch_size} is not divisible by the "
+        f"{jax.process_count()} processes.")
 
 
 # ---------------------------------------------------------------------------
@@ -296,6 +314,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   trainer = _Trainer(config, run, data, method)
   try:
     trainer.init_or_restore()
+    previous = trainer.finished_summary()
+    if previous is not None:
+      # A re-run of a finished work directory: nothing to train or evaluate.
+      # Its summary keeps the finished run's figures (not this no-op's).
+      logging.warning(
+          "%s already holds a run that reached step %d of %d; nothing to do, "
+          "its %s is kept.", workdir, trainer.step, data.total_steps,
+          SUMMARY_FILE)
+      previous["already_complete"] = trainer.step >= data.total_steps
+      return previous
     trainer.train()
     trainer.wait_for_checkpoints()
     summary = trainer.summary()  # + final evaluations at the end of training
@@ -329,6 +357,9 @@ def _set_up(config: Any, workdir: str) -> _Run:
   is_chief = jax.process_index() == 0
   if is_chief:
     path.mkdir(parents=True, exist_ok=True)
+    # The resolved config (after command-line overrides), as the run saw it.
+    from automix_jax import configs as configs_lib
+    (path / CONFIG_FILE).write_text(configs_lib.to_json(config) + "\n")
   eval_bs = max(config.eval_batch_size // mesh.size, 1) * mesh.size
   return _Run(mesh=mesh, workdir=path, is_chief=is_chief,
               eval_batch_size=eval_bs)
@@ -408,6 +439,8 @@ class _Trainer:
     self.step = self.first_step = 0
     self.preempted = False
     self.train_time = self.eval_time = 0.0
+    self.throughput = metrics_lib.Throughput(config.batch_size)
+    self.progress = None
     self._pending: list[tuple[int, dict]] = []
     self._last_saved = None
 
@@ -428,6 +461,36 @@ class _Trainer:
       logging.info("Resumed from step %d.", step)
     self.step = self.first_step = int(jax.device_get(self.state.step))
 
+  def stop_step(self) -> int:
+    """The step this invocation trains to (``stop_after_steps`` or the end)."""
+    total = self.data.total_steps
+    return min(self.config.get("stop_after_steps", 0) or total, total)
+
+  def finished_summary(self) -> dict | None:
+    """The saved summary of a restored run that has nothing left to train.
+
+    None unless the restored step already is this invocation's last step and
+    ``summary.json`` (read by process 0, its answer shared with every process)
+    records that step.
+    """
+    if self.first_step == 0 or self.step < self.stop_step():
+      return None
+    saved = None
+    path = self.run.workdir / SUMMARY_FILE
+    if self.run.is_chief and path.exists():
+      try:
+        saved = json.loads(path.read_text())
+      except ValueError:
+        saved = None
+      if not isinstance(saved, dict) or saved.get("steps") != self.step:
+        saved = None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      found = bool(multihost_utils.broadcast_one_to_all(
+          np.int32(saved is not None)))
+      saved = (saved or {"steps": self.step}) if found else None
+    return saved
+
   def save(self, force: bool = False) -> None:
     """Checkpoints the state if due, once it and every step were verified."""
     every = self.config.checkpoint.every_steps
@@ -442,6 +505,7 @@ class _Trainer:
          "data_fingerprint": self.data.fingerprint}, force=True)
     if saved:
       self._last_saved = self.step
+    self.throughput.start(self.step)  # the save's time is not training time
 
   def check_state_finite(self) -> None:
     """Parameters, BatchNorm statistics and optimizer state all finite."""
@@ -478,6 +542,12 @@ class _Trainer:
                                             for m in fetched]))
                for k in fetched[-1]}
     scalars["train/lr"] = float(fetched[-1]["lr"])
+    # The fetch above waited for every step up to s_last: completed compute.
+    images_per_s = self.throughput.done(s_last)
+    if images_per_s is not None:
+      scalars["train/images_per_s"] = images_per_s
+    if self.progress is not None:
+      self.progress.set_rate(self.throughput.images_per_s)
     scalars["epoch"] = s_last / self.data.steps_per_epoch
     self.writer.write(s_last, scalars)
 
@@ -490,22 +560,27 @@ class _Trainer:
                                   for k, v in r.items()} | {
                                       "epoch": float(epoch)})
     logging.info("epoch %d: %s", epoch, res)
+    self.throughput.start(self.step)  # the eval's time is not training time
 
   # -- loop -------------------------------------------------------------------
 
   def train(self) -> None:
     config, data = self.config, self.data
     spe, total = data.steps_per_epoch, data.total_steps
-    stop_at = min(config.get("stop_after_steps", 0) or total, total)
-    progress = None
+    stop_at = self.stop_step()
     if config.get("progress_bar", True):
-      progress = metrics_lib.ProgressBar(total, self.step, config.batch_size,
-                                         enabled=self.run.is_chief)
+      self.progress = metrics_lib.ProgressBar(
+          total, self.step, config.batch_size, enabled=self.run.is_chief)
+    progress = self.progress
     t_train = time.time()
     try:
       while self.step < stop_at:
         batch = next(data.train_iter)
         self.state, m = self.train_step(self.state, batch, self.train_key)
+        if self.step == self.first_step:
+          # jit compiled on this thread before dispatching: time from here,
+          # counting this step, leaves the compilation out.
+          self.throughput.start(self.step)
         self.step += 1
         self._pending.append((self.step, m))
         if progress is not None:
@@ -530,6 +605,7 @@ class _Trainer:
     finally:
       if progress is not None:
         progress.close()
+      self.progress = None
     self.train_time = time.time() - t_train - self.eval_time
 
   def wait_for_checkpoints(self) -> None:
@@ -545,7 +621,6 @@ class _Trainer:
 
   def summary(self) -> dict:
     config, data, method = self.config, self.data, self.method
-    done = self.step - self.first_step
     summary: dict[str, Any] = summarize(
         self.history, reported_variant=method.reported_variant,
         report_last=config.report_last_epochs)
@@ -564,8 +639,13 @@ class _Trainer:
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": self.step / data.steps_per_epoch,
         "train_time_s": self.train_time, "eval_time_s": self.eval_time,
-        "train_images_per_s": done * config.batch_size / max(self.train_time,
-                                                             1e-9),
+        # Completed computation between host syncs, without compilation,
+        # evaluations and checkpoints: the progress bar's last figure.
+        "train_images_per_s": self.throughput.images_per_s,
+        "train_images_per_s_rule": (
+            "images of steps whose computation completed / their time, "
+            "measured at the log steps' metric fetches (no compilation, "
+            "evaluation or checkpoint time)"),
         "num_devices": self.run.mesh.size,
         "num_processes": jax.process_count(),
         "history": self.history, "config": config.to_dict(),

@@ -42,11 +42,34 @@ def build_model(config: Any, num_classes: int, heads=("one",)):
                       **_cfg_dict(config.model.get("kwargs", None)))
 
 
+def _get_mixer(name: str, kwargs: Any, where: str):
+  """``mixers.get(name, **kwargs)``; a refusal names the config key."""
+  kwargs = _cfg_dict(kwargs)
+  try:
+    return mixers.get(name, **kwargs)
+  except (ValueError, TypeError) as e:
+    msg = str(e)
+    for k in kwargs:
+      msg = msg.replace(f"`{k}`", f"`{where}.kwargs.{k}`")
+    raise ValueError(f"`{where}` (mixer {name!r}): {msg}") from None
+
+
 def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
   """The mixer named by ``config.mixer`` / ``config.switch`` (+ per-device).
 
-  Every mixer name and keyword is validated here (unknown name -> ValueError).
+  Every mixer name and keyword is validated here (unknown name or bad value ->
+  ValueError naming the config key, e.g. ``config.mixer.kwargs.alpha``).
   """
+  mixer = _config_mixer(config)
+  if config.get("per_device_mixing", False):
+    if mesh is None:
+      raise ValueError("`per_device_mixing=True` needs the device mesh.")
+    mixer = mixers.per_device(mixer, mesh)
+  return mixer
+
+
+def _config_mixer(config: Any):
+  """The mixer of ``config.mixer`` / ``config.switch``, without per-device."""
   switch = config.get("switch", None)
   if switch is not None and switch.get("enabled", False):
     names = list(switch.mixers)
@@ -55,7 +78,8 @@ def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
       raise ValueError(
           f"`switch.kwargs` needs one dict per mixer in `switch.mixers` "
           f"({len(names)}); got {len(kwargs)}.")
-    fns = [mixers.get(n, **_cfg_dict(k)) for n, k in zip(names, kwargs)]
+    fns = [_get_mixer(n, k, f"config.switch[{i}]")
+           for i, (n, k) in enumerate(zip(names, kwargs))]
     probs = list(switch.get("probs", ())) or None
     p_none = float(switch.get("p_none", 0.0))
 
@@ -63,12 +87,8 @@ def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
       return mixers.switch(key, images, labels, mixers=fns, probs=probs,
                            p_none=p_none)
   else:
-    mixer = mixers.get(config.mixer.name,
-                       **_cfg_dict(config.mixer.get("kwargs", None)))
-  if config.get("per_device_mixing", False):
-    if mesh is None:
-      raise ValueError("`per_device_mixing=True` needs the device mesh.")
-    mixer = mixers.per_device(mixer, mesh)
+    mixer = _get_mixer(config.mixer.name, config.mixer.get("kwargs", None),
+                       "config.mixer")
   return mixer
 
 
@@ -153,6 +173,12 @@ class StaticMixing:
   """
 
   reported_variant: str
+
+  @staticmethod
+  def check_config(config: Any) -> None:
+    """Device-free checks run before any data or model work: every mixer name
+    and keyword (ValueError naming the config key)."""
+    _config_mixer(config)
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):

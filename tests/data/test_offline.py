@@ -102,6 +102,45 @@ def test_bad_archive_layout(tmp_path):
     data.load_cifar10_archive(str(path), cache_dir=str(tmp_path / "c"))
 
 
+@pytest.fixture
+def good_archive(tmp_path):
+  from tests._tiny_archive import write_tiny_archive
+  return write_tiny_archive(tmp_path / "good.tar.gz", train_per_class=1,
+                            test_per_class=1, size=4)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated"])
+def test_unreadable_archive_names_the_file_and_form(tmp_path, good_archive,
+                                                     kind):
+  path = tmp_path / f"{kind}.tar.gz"
+  if kind == "garbage":
+    path.write_bytes(b"this is not a tar archive" * 40)
+  elif kind == "empty":
+    path.write_bytes(b"")
+  else:
+    raw = open(good_archive, "rb").read()
+    path.write_bytes(raw[:len(raw) * 2 // 3])
+  with pytest.raises(ValueError) as e:
+    data.load_cifar10_archive(str(path), cache_dir=str(tmp_path / "c"))
+  msg = str(e.value)
+  assert f"{kind}.tar.gz" in msg, msg
+  assert "'train/<class>/<file>.jpg'" in msg, msg  # the expected form
+  # No raw tarfile / gzip traceback chained to it.
+  assert e.value.__context__ is None or e.value.__suppress_context__
+
+
+def test_corrupt_jpeg_names_archive_and_member(tmp_path, good_archive):
+  with tarfile.open(good_archive) as tar:
+    members = [(m.name, tar.extractfile(m).read()) for m in tar]
+  bad = members[3][0]
+  members[3] = (bad, b"\xff\xd8 not really a jpeg")
+  path = tmp_path / "badjpeg.tar.gz"
+  _write_tar(path, members)
+  with pytest.raises(ValueError, match="badjpeg.tar.gz") as e:
+    data.load_cifar10_archive(str(path), cache_dir=str(tmp_path / "c"))
+  assert repr(bad) in str(e.value) and "JPEG" in str(e.value)
+
+
 def test_subset_per_class_deterministic():
   rng = np.random.default_rng(0)
   y = rng.permutation(np.repeat(np.arange(10), 20)).astype(np.int32)

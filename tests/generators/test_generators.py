@@ -113,7 +113,7 @@ def test_adaptive_masks_sum_to_one_at_every_pixel(upsample):
 
 
 def test_adaptive_mask_is_lambda_blind_without_lam_concat():
-  # Reference §7.4: with lam_concat=False the mask does not depend on λ.
+  # As the authors' code: with lam_concat=False the mask does not depend on λ.
   gen, params, feats, perms, lam = _adaptive(3)
   a = gen.apply({"params": params}, feats, perms, lam)
   b = gen.apply({"params": params}, feats, perms, lam[::-1])
@@ -125,7 +125,7 @@ def test_adaptive_mask_is_lambda_blind_without_lam_concat():
 
 
 def test_adaptive_value_bias_cancels():
-  # Reference §7.5: a shared shift of every v_i cancels in the image softmax.
+  # A shared shift of every v_i cancels in the image softmax.
   gen, params, feats, perms, lam = _adaptive(3)
   shifted = jax.tree.map(lambda x: x, params)
   shifted["conv_v"]["bias"] = params["conv_v"]["bias"] + 3.0
@@ -250,7 +250,7 @@ def test_generators_init_like_the_reference():
 
 
 def test_automix_scale_rule():
-  # 2**mask_layer up to 64 px, else 2**(2 + mask_layer) (reference §7.16).
+  # 2**mask_layer up to 64 px, else 2**(2 + mask_layer) (OpenMixup).
   assert generators.automix_scale(32) == 4
   assert generators.automix_scale(64) == 4
   assert generators.automix_scale(224) == 16

@@ -117,10 +117,14 @@ def test_progress_bar(capsys):
                            enabled=True, mininterval=0) as bar:
     for s in range(3, 11):
       bar.update(s, loss=0.5)
+      if s == 6:
+        bar.set_rate(123.4)  # the loop's figure of completed computation
     assert bar.step == 10
-    assert bar.images_per_second() > 0
+    # Only the rate it is given: never the dispatch rate of `update` calls.
+    assert bar.images_per_second() == 123.4
   err = capsys.readouterr().err
-  assert "10/10" in err and "img/s" in err
+  assert "10/10" in err and "img/s=123.4" in err
+  assert "step/s" not in err and "it/s" not in err
   with metrics.ProgressBar(10, enabled=False) as off:
     off.update(5)
   assert capsys.readouterr().err == ""
@@ -128,6 +132,22 @@ def test_progress_bar(capsys):
     metrics.ProgressBar(0)
   with pytest.raises(ValueError, match="batch_size"):
     metrics.ProgressBar(5, batch_size=0)
+
+
+def test_throughput_times_completed_windows_only():
+  now = [0.0]
+  t = metrics.Throughput(10, clock=lambda: now[0])
+  assert t.done(3) is None and t.images_per_s is None  # nothing started
+  t.start(0)            # after step 1's dispatch (compilation excluded)
+  now[0] = 2.0
+  assert t.done(4) == 4 * 10 / 2.0   # steps 1-4 complete at t=2
+  now[0] = 5.0          # an evaluation: 3 s that are not training
+  t.start(4)
+  now[0] = 6.0
+  assert t.done(6) == 2 * 10 / 1.0
+  assert t.images_per_s == 6 * 10 / 3.0 and t.steps == 6 and t.seconds == 3.0
+  with pytest.raises(ValueError, match="batch_size"):
+    metrics.Throughput(0)
 
 
 def _synthetic_run(run_dir, n_epochs=4, steps_per_epoch=5, resume_at=None):

@@ -2,7 +2,7 @@
 
 Every expected box / source location / hole lattice here is recomputed with
 independent NumPy code (float64, Python loops) from the formulas in
-the reference survey ``shared/reference/mixers.md``, not with the helpers under
+the published algorithms (timm, torchvision, OpenMixup), not with the helpers under
 test.
 """
 

@@ -3,13 +3,13 @@
 JAX's PRNG cannot reproduce NumPy's or torch's streams, so both sides are fed
 the *same parameters*: the peer runs from a seeded global RNG, and its draws are
 replayed from an identically seeded generator in the documented order
-(the reference survey ``shared/reference/mixers.md`` §2) and passed to our
+(``timm/data/mixup.py``, torchvision ``transforms.v2``) and passed to our
 mixers as explicit ``lam`` / ``center`` / ``index``. A wrong replay order or a
 wrong formula on either side makes images or targets disagree.
 
 Installed timm (1.0.x) computes the box upper edge as ``c + (cut + 1) // 2`` (an
-exact ``cut``-pixel box), not ``c + cut // 2`` as the reference doc says for the
-older commit; torchvision keeps ``c + cut // 2``. Our ``box_rule`` covers both.
+exact ``cut``-pixel box), not ``c + cut // 2`` as older timm
+releases did; torchvision keeps ``c + cut // 2``. Our ``box_rule`` covers both.
 """
 
 import numpy as np

@@ -111,6 +111,16 @@ def test_two_processes_match_one(pod, method):
   assert '"reported_top1"' not in log1  # the summary is printed by process 0
 
 
+def test_rerun_of_a_finished_pod_keeps_its_summary(pod):
+  """Every process agrees there is nothing to do; summary.json is untouched."""
+  workdir = pod("mixup_2x4", 2, 4)
+  before = (workdir / "summary.json").read_text()
+  out = _pod.run(2, 4, _pod.train_args(workdir, pod.archive, epochs=EPOCHS),
+                 pod.env)
+  assert '"already_complete": true' in out, out[-3000:]
+  assert (workdir / "summary.json").read_text() == before
+
+
 def test_per_device_mixing_and_batch_stats_on_a_pod(pod):
   """DDP-style semantics: partners, λ and BatchNorm statistics per device;
   the same numbers whether the 8 devices sit in 1 process or 2."""

@@ -84,8 +84,11 @@ def test_command_line_typo_override_raises(tmp_path):
          f"--workdir={tmp_path}", "--config.num_epoch=3"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
-  assert out.returncode != 0
-  assert "num_epoch" in out.stderr
+  assert out.returncode == 2
+  # One line with the suggestion, no traceback.
+  assert out.stderr.strip().splitlines() == [
+      "automix-train: --config.num_epoch: config has no key 'num_epoch'; "
+      "did you mean --config.num_epochs?"], out.stderr
   assert not os.listdir(tmp_path)  # nothing ran
 
 

@@ -85,11 +85,19 @@ def _params(workdir, config):
 
 
 def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
-    tiny_archive, tmp_path):
+    tiny_archive, tmp_path, monkeypatch):
   """A full 4-step run (EMA, ECE, FGSM, summary, JSONL) vs stop at step 3
   (mid-epoch 2) + resume to 4: the parameters must be bit-identical."""
-  config = cpu_config(tiny_archive, arg="mixer=mixup,ema",
+  config = cpu_config(tiny_archive, arg="mixer=mixup,ema", progress_bar=True,
                       **{"final_evals.fgsm": True})
+  shown = []
+
+  class Bar(loop.metrics_lib.ProgressBar):
+    def set_rate(self, images_per_s):
+      shown.append(images_per_s)
+      super().set_rate(images_per_s)
+
+  monkeypatch.setattr(loop.metrics_lib, "ProgressBar", Bar)
   straight = tmp_path / "straight"
   summary = loop.train_and_evaluate(config, str(straight))
   assert summary["steps"] == summary["total_steps"] == 4
@@ -109,6 +117,24 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
   assert train_steps == [1, 2, 3, 4]
   assert all(np.isfinite(l["train/loss"]) for l in lines if "train/loss" in l)
   assert any("eval/ema_one/top1" in l for l in lines)
+  # Throughput of completed computation on every train line; the summary is
+  # the same clock over the whole run.
+  rates = [l["train/images_per_s"] for l in lines if "train/loss" in l]
+  assert len(rates) == 4 and all(r > 0 for r in rates)
+  assert summary["train_images_per_s"] > 0
+  # The resolved config is in the workdir from the start.
+  assert json.load(open(straight / loop.CONFIG_FILE)) == json.loads(
+      json.dumps(config.to_dict()))
+  # The progress bar showed the summary's figure, not a dispatch rate.
+  assert shown[-1] == summary["train_images_per_s"]
+
+  # Re-running the finished workdir keeps its summary and says it is complete.
+  before = (straight / "summary.json").read_text()
+  again = loop.train_and_evaluate(config, str(straight))
+  assert again["already_complete"] is True
+  assert again["train_images_per_s"] == summary["train_images_per_s"]
+  assert again["wall_time_s"] == summary["wall_time_s"]
+  assert (straight / "summary.json").read_text() == before
 
   resumed = tmp_path / "resumed"
   stopped = loop.train_and_evaluate(
@@ -194,3 +220,19 @@ def test_errors_before_compute(tiny_archive, tmp_path):
                                        **{"model.name": "resnet_nope"}),
                             str(tmp_path / "e"))
   assert not os.path.exists(tmp_path / "d" / "checkpoints")
+
+
+def test_bad_mixer_value_fails_before_data_and_model(tiny_archive, tmp_path,
+                                                     monkeypatch):
+  def no_data(*args, **kwargs):
+    raise AssertionError("data was loaded before the config was checked")
+
+  monkeypatch.setattr(loop, "_Input", no_data)
+  with pytest.raises(ValueError, match=r"config\.mixer\.kwargs\.alpha.*> 0"):
+    loop.train_and_evaluate(
+        cpu_config(tiny_archive, **{"mixer.kwargs.alpha": -1.0}),
+        str(tmp_path / "a"))
+  switch = cpu_config(tiny_archive, arg="mixer=mixup+cutmix",
+                      **{"switch.kwargs": ({"alpha": 1.0}, {"alpha": -2.0})})
+  with pytest.raises(ValueError, match=r"config\.switch\[1\]\.kwargs\.alpha"):
+    loop.check_config(switch)

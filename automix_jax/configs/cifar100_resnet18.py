@@ -1,7 +1,7 @@
 r"""CIFAR-100, ResNet-18 (CIFAR stem), static mixers: OpenMixup's recipe.
 
 OpenMixup ``configs/classification/cifar100/mixups/basic/r18_mixups_CE_none.py``
-(mixers.md §1, adautomix.md §3.1): SGD lr 0.1, momentum 0.9, weight decay 1e-4,
+(OpenMixup, github.com/Westlake-AI/openmixup, configs/classification/cifar100/mixups): SGD lr 0.1, momentum 0.9, weight decay 1e-4,
 batch 100 on one device, cosine per epoch to ``min_lr``, RandomCrop 32 pad 4 +
 flip, mean/std (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.201), each mixer at
 its CIFAR α (mixup 1, cutmix 0.2, fmix 0.2, saliencymix 0.2, resizemix 1,
@@ -24,7 +24,7 @@ Run:
     --workdir runs/c100_r18_cutmix_400e
 """
 
-from configs import common
+from automix_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,14 +1,14 @@
 r"""AdAutoMix (Qin et al., ICLR 2024, arXiv 2312.11954) on CIFAR-100.
 
 The authors' ``configs/classification/cifar100/basic/r18_adautomix_bilinear.py``
-and ``basic/rx50_adautomix.py`` (reference doc §1.4, §3.1-3.2):
+and ``basic/rx50_adautomix.py`` (github.com/JinXins/Adversarial-AutoMixup):
 
 * ResNet-18 (CIFAR stem, ``zero_init_residual``) or ResNeXt-50 32x4d, heads
   ``one`` and ``mix``;
 * α = 1, N = ``mix_samples`` = 3, ``is_random=False``, lam_margin 0.03,
   ``mixup_radio`` a = 0.5, ``beta_radio`` β = 0.3;
 * generator on stage-3 features (256 ch for R-18, 1024 for RX-50), reduction 2,
-  bilinear x4, ``lam_concat=False`` (the generator is λ-blind on CIFAR, §7.4);
+  bilinear x4, ``lam_concat=False`` (the generator is λ-blind on CIFAR);
 * EMA teacher 0.999 -> 0.999999 (CosineScheduleHook, constant for 10 %);
 * SGD lr 0.1, momentum 0.9, wd 1e-4 on every parameter including the generator
   (one schedule: no param-wise option in this config), per-epoch cosine to
@@ -17,7 +17,7 @@ and ``basic/rx50_adautomix.py`` (reference doc §1.4, §3.1-3.2):
   0.201).
 * Epochs: the config files say 400; the reported runs used 800 (log
   ``adautomix_r18_800e.log``), the default here. The RX-50 log used min_lr 0.08
-  and a separate mix-block param group (§1.6.5); this config follows the released
+  and a separate mix-block param group; this config follows the released
   file (0.05, shared).
 * Reported number: median top-1 of ``ema_one`` over the last 10 epochs
   (R-18 800 ep: 82.32, RX-50 800 ep: 84.22).
@@ -32,7 +32,7 @@ Run:
 
 import ml_collections as mlc
 
-from configs import common
+from automix_jax.configs import common
 
 MODELS = {"r18": "cifar_resnet18", "rx50": "cifar_resnext50"}
 

@@ -1,6 +1,6 @@
 r"""AdAutoMix on ImageNet-1k (224 px), ResNet-18 / ResNet-50, 100 epochs.
 
-Reference doc §3.2: SGD lr 0.1 -> 0 (per-epoch cosine), momentum 0.9, wd 1e-4;
+The authors' ImageNet config (github.com/JinXins/Adversarial-AutoMixup): SGD lr 0.1 -> 0 (per-epoch cosine), momentum 0.9, wd 1e-4;
 generator param group lr 0.1 -> 1e-3 (its own cosine); batch 4 x 64 = 256;
 N = 2 (``is_random=False``: the reference's ``mixup`` path), β = 0.1, α = 1,
 lam_margin 0.03; generator on stage-3 features (256 ch R-18 / 1024 ch R-50,
@@ -15,9 +15,9 @@ ImageNet RandomResizedCrop is not in ``automix_jax.data``; images are resized to
 Args (``:k=v,...``): model (r18 | r50), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
-from configs.adautomix import tiny_imagenet
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
+from automix_jax.configs.adautomix import tiny_imagenet
 
 
 def get_config(arg=None):

@@ -18,7 +18,7 @@ Run:
     --workdir runs/cpu_mixup --config.num_epochs=3
 """
 
-from configs import common
+from automix_jax.configs import common
 
 
 def get_config(arg=None):

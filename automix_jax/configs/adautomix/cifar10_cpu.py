@@ -15,8 +15,8 @@ Run:
     --workdir runs/cpu_adautomix
 """
 
-from configs import common
-from configs.adautomix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
 
 
 def get_config(arg=None):

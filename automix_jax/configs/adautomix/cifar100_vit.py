@@ -1,6 +1,6 @@
 r"""AdAutoMix with vision transformers on CIFAR-100 upsampled to 224 px.
 
-The authors' ``configs/classification/cifar100/vit/*.py`` (reference doc §3.2):
+The authors' ``configs/classification/cifar100/vit/*.py`` (github.com/JinXins/Adversarial-AutoMixup):
 AdamW lr 5e-4 -> 1e-4 (per-epoch cosine) with linear warm-up (20 epochs Swin-T,
 5 DeiT-S), wd 0.05, grad-clip 10 (global norm over classifier + generator),
 batch 100, 200 epochs (Swin-T also reported at 600: 85.34), N = 3, β = 0.3,
@@ -19,8 +19,8 @@ smoothing 0.1, RandAugment, EMA 0.999 -> 0.99996 held for the first 25 %.
 Args (``:k=v,...``): model (deit_s | swin_t), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
 
 MODELS = {
     # name, warm-up epochs, mask_layer, scale

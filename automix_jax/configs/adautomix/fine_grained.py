@@ -1,7 +1,7 @@
 r"""AdAutoMix on fine-grained classification (CUB-200, Stanford Cars, FGVC
 Aircraft) at 224 px, ImageNet-pretrained backbones, 200 epochs.
 
-Reference doc §3.2 (the authors' ``configs/classification/{cub200,cars,
+The authors' code (github.com/JinXins/Adversarial-AutoMixup, ``configs/classification/{cub200,cars,
 aircrafts}/...``). Common: SGD momentum 0.9, wd 5e-4, batch 16, backbone lr
 1e-3 -> min (per-epoch cosine), generator group lr 0.1 -> 1e-3 (its own cosine),
 α = 1, a = 0.5, bilinear x16 on stage-3 features, ``lam_concat=True``, EMA
@@ -19,7 +19,7 @@ aircrafts}/...``). Common: SGD momentum 0.9, wd 5e-4, batch 16, backbone lr
 
 Reported (CUB R18/R50, FGVC R18/RX50, Cars R18/RX50): 80.88 / 84.57,
 81.73 / 87.16, 89.19 / 91.59. (The Cars/CUB files write ``mixed_radio``, a typo
-that leaves ``mixup_radio`` at its default 0.5; §1.6.4.)
+that leaves ``mixup_radio`` at its default 0.5.)
 
 Not reproduced: the ImageNet-pretrained initialisation (the model zoo loads no
 torchvision weights; the CUB-R18 log loads ``resnet18-pytorch.pth``), and
@@ -30,9 +30,9 @@ Args (``:k=v,...``): dataset (cub | cars | aircraft), model (r18 | r50 | rx50),
 epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
-from configs.adautomix import tiny_imagenet
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
+from automix_jax.configs.adautomix import tiny_imagenet
 
 DATASETS = {"cub": "caltech_birds2011", "cars": "cars196",
             "aircraft": "fgvc_aircraft"}

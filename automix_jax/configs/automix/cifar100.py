@@ -1,7 +1,7 @@
 r"""AutoMix (Liu et al., ECCV 2022, arXiv 2103.13027) on CIFAR-100.
 
 OpenMixup ``configs/classification/cifar100/automix/basic/
-r18_l2_a2_near_L1_01_mlr5e_2.py`` (reference doc §2, §3.1):
+r18_l2_a2_near_L1_01_mlr5e_2.py`` (OpenMixup, github.com/Westlake-AI/openmixup):
 
 * ResNet-18 (CIFAR stem) or ResNeXt-50 32x4d, heads ``one`` and ``mix``;
 * α = 2 (λ_mb, λ_bb ~ Beta(2, 2) independently), lam_margin 0.08;
@@ -28,7 +28,7 @@ Run:
 
 import ml_collections as mlc
 
-from configs import common
+from automix_jax.configs import common
 
 MODELS = {"r18": ("cifar_resnet18", 256), "rx50": ("cifar_resnext50", 1024)}
 

@@ -18,8 +18,8 @@ Run:
     --workdir runs/cpu_automix
 """
 
-from configs import common
-from configs.automix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.automix import cifar100
 
 
 def get_config(arg=None):

@@ -60,7 +60,7 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-# Static mixers at OpenMixup's CIFAR α (mixers.md §1; r18_mixups_CE_none.py).
+# Static mixers at OpenMixup's CIFAR α (OpenMixup's r18_mixups_CE_none.py).
 # "vanilla" is no mixing. attentivemix needs a frozen pretrained scorer
 # (OpenMixup: ImageNet R-18 on 224-px upsampled inputs); it is left out of the
 # static configs, see docs/training.md.

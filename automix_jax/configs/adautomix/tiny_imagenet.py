@@ -1,7 +1,7 @@
 r"""AdAutoMix on Tiny-ImageNet (64 px, 200 classes), ResNet-18 / ResNeXt-50.
 
 The authors' ``configs/classification/tiny_imagenet/.../r18_adautomix_blinear.py``
-and its RX-50 sibling (reference doc §3.2):
+and its RX-50 sibling (github.com/JinXins/Adversarial-AutoMixup):
 
 | | R-18 | RX-50 |
 |---|---|---|
@@ -14,7 +14,7 @@ and its RX-50 sibling (reference doc §3.2):
 
 SGD momentum 0.9, wd 1e-4, EMA 0.999 -> 0.999999, α = 1, lam_margin 0.03,
 a = 0.5, ``lam_concat=False``. (The reference files write ``co_mix=3``, not a
-constructor argument; ``mix_samples`` defaults to 3 anyway, §1.6.4.) CIFAR-stem
+constructor argument; ``mix_samples`` defaults to 3 anyway.) CIFAR-stem
 ResNets, so 64-px images give 16x16 stage-3 maps (x4 = 64). Reported: R-18
 69.19, RX-50 72.89.
 
@@ -25,8 +25,8 @@ a prepared copy). mean/std: ImageNet's.
 Args (``:k=v,...``): model (r18 | rx50), epochs.
 """
 
-from configs import common
-from configs.adautomix import cifar100
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar100
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

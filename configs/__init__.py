@@ -1,1 +1,0 @@
-"""Config files: each exposes ``get_config(arg=None)`` (ml_collections)."""
