@@ -12,10 +12,10 @@ is given with ``--config.data.archive_path``.
 
 import ml_collections
 
-from configs import cifar10_cpu
-from configs import common
-from configs.adautomix import cifar10_cpu as adautomix_cpu
-from configs.automix import cifar10_cpu as automix_cpu
+from automix_jax.configs import cifar10_cpu
+from automix_jax.configs import common
+from automix_jax.configs.adautomix import cifar10_cpu as adautomix_cpu
+from automix_jax.configs.automix import cifar10_cpu as automix_cpu
 
 
 def get_config(arg=None):
