@@ -119,8 +119,10 @@ def as_path(path: str | os.PathLike) -> epath.Path:
 
 
 def _crc(a) -> str:
-  a = np.ascontiguousarray(np.asarray(a))
-  return f"{zlib.crc32(a.tobytes()) & 0xFFFFFFFF:08x}"
+  """CRC32 of an array's bytes (or of a bytes object) as 8 hex digits."""
+  data = a if isinstance(a, bytes) else np.ascontiguousarray(
+      np.asarray(a)).tobytes()
+  return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
 def _host_value(x):
@@ -174,7 +176,7 @@ def _merge_shard_tables(table: dict[str, str]) -> dict[str, str]:
   shards: dict[str, dict[str, str]] = {}
   for row, size in zip(rows, sizes):
     for key, value in json.loads(bytes(row[:int(size)]).decode()).items():
-      head, _, tail = value.rpartition(":")
+      tail = value.rpartition(":")[2]
       if "=" in tail:
         for part in tail.split(";"):
           index, _, crc = part.partition("=")
@@ -207,8 +209,8 @@ def _checksum_matches(actual: str, expected: str) -> bool:
 
 
 def _extra_checksum(extra: Mapping[str, Any]) -> str:
-  text = json.dumps(extra, sort_keys=True, separators=(",", ":"))
-  return f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"
+  return _crc(json.dumps(extra, sort_keys=True,
+                        separators=(",", ":")).encode())
 
 
 def _all_processes_agree(ok: bool) -> bool:

@@ -36,9 +36,9 @@ ARCHIVE_NAME = "cifar10_archive"
 __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
     "TfdsSource", "TrainIterator", "augment_from_config", "augment_jax",
-    "build_sources", "eval_batches", "fingerprint", "eval_transform", "load_cifar10_archive",
-    "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
-    "resize_jax", "subset_per_class",
+    "build_sources", "eval_batches", "eval_transform", "fingerprint",
+    "load_cifar10_archive", "normalize_np", "open_tfds", "randaugment_np",
+    "random_crop_flip_np", "resize_jax", "subset_per_class",
 ]
 
 

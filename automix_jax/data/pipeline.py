@@ -245,10 +245,8 @@ class TrainIterator:
     return {"image": self.augment.host(np.asarray(data["image"]), rng),
             "label": np.asarray(data["label"], np.int32)}
 
-  def _global_batch(self, epoch: int, position: int, local=None) -> Batch:
+  def _global_batch(self, epoch: int, position: int, local) -> Batch:
     """The global batch from this process's host batch (main thread only)."""
-    if local is None:
-      local = self.local_batch(epoch, position)
     x = jax.make_array_from_process_local_data(self.sharding, local["image"])
     y = jax.make_array_from_process_local_data(self.label_sharding,
                                                local["label"])
@@ -333,7 +331,9 @@ class TrainIterator:
     if self._closed:
       raise RuntimeError("TrainIterator is closed.")
     if self.prefetch == 0:
-      batch = self._global_batch(self._epoch, self._position)
+      batch = self._global_batch(
+          self._epoch, self._position,
+          self.local_batch(self._epoch, self._position))
     else:
       if self._thread is None:
         self._start_thread()

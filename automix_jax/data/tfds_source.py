@@ -63,9 +63,9 @@ class TfdsSource:
     The same on every process (the whole split, not this process's part), so
     that all processes agree when a resume compares it with the checkpoint's.
     """
-    size = "?" if self.num_examples_global is None and self.process_local else (
-        self.num_examples_global if self.num_examples_global is not None
-        else len(self))
+    size = self.num_examples_global
+    if size is None:  # unknown split size: only this process's part is known
+      size = "?" if self.process_local else len(self)
     return f"tfds:{self.name}:{self.global_split}:{size}"
 
   def __len__(self) -> int:
