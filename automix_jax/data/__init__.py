@@ -1,4 +1,5 @@
-"""Data: random-access sources, CIFAR augmentation, sharded batch iterators.
+"""Data: random-access sources, CIFAR / ImageNet-style augmentation, sharded
+batch iterators.
 
 A *source* has ``len(source)``, ``source.num_classes``, ``source.image_shape``
 ``(H, W, C)`` and ``source[indices] -> {"image": uint8 [n, H, W, C],
@@ -21,24 +22,32 @@ from __future__ import annotations
 
 import logging
 
-from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, Augment,
+from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, KINDS, Augment,
                                       augment_jax, eval_transform,
-                                      normalize_np, randaugment_np,
-                                      random_crop_flip_np, resize_jax)
+                                      normalize_np, random_crop_flip_np,
+                                      resize_jax)
 from automix_jax.data.augment import from_config as augment_from_config
 from automix_jax.data.offline import (CIFAR10_CLASSES, ArraySource,
                                       load_cifar10_archive, subset_per_class)
 from automix_jax.data.pipeline import TrainIterator, eval_batches
+from automix_jax.data.randaugment import randaugment_np
 from automix_jax.data.tfds_source import TfdsSource, open_tfds
+from automix_jax.data.transforms import (center_crop_jax, color_jitter_jax,
+                                         random_erasing_jax,
+                                         random_resized_crop_jax,
+                                         random_resized_crop_np,
+                                         resized_crop_jax, resized_crop_np)
 
 ARCHIVE_NAME = "cifar10_archive"
 
 __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
-    "TfdsSource", "TrainIterator", "augment_from_config", "augment_jax",
-    "build_sources", "eval_batches", "eval_transform", "fingerprint",
-    "load_cifar10_archive", "normalize_np", "open_tfds", "randaugment_np",
-    "random_crop_flip_np", "resize_jax", "subset_per_class",
+    "KINDS", "TfdsSource", "TrainIterator", "augment_from_config",
+    "augment_jax", "build_sources", "center_crop_jax", "color_jitter_jax",
+    "eval_batches", "eval_transform", "fingerprint", "load_cifar10_archive",
+    "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
+    "random_erasing_jax", "random_resized_crop_jax", "random_resized_crop_np",
+    "resize_jax", "resized_crop_jax", "resized_crop_np", "subset_per_class",
 ]
 
 

@@ -1,27 +1,42 @@
-"""CIFAR augmentations: host (numpy, vectorised) and on-device (JAX) versions.
+"""Train / eval augmentations: host (numpy, uint8) and on-device (JAX) halves.
 
-The OpenMixup CIFAR recipe (``_base_/datasets/cifar100/sz32_bs100.py`` in
-github.com/Westlake-AI/openmixup): RandomCrop 32 with 4-pixel *reflect* padding,
-horizontal flip (p=0.5), then ``(x / 255 - mean) / std`` with
-mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
+Kinds (``Augment(name)``, config key ``data.augment``):
+
+* ``"cifar"``: the OpenMixup CIFAR recipe (``_base_/datasets/cifar100/
+  sz32_bs100.py`` in github.com/Westlake-AI/openmixup): RandomCrop 32 with
+  4-pixel *reflect* padding, horizontal flip (p=0.5), then ``(x / 255 - mean)
+  / std`` with mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
+* ``"randaugment"``: ``"cifar"`` then timm RandAugment (host).
+* ``"none"``: normalisation (+ resize or centre crop) only; the eval transform.
+* ``"imagenet"``: RandomResizedCrop to ``image_size`` (torchvision's sampling
+  rule, antialiased bilinear/bicubic), horizontal flip, optional colour
+  jitter (``automix_jax.data.transforms``); eval: resize the shorter side to
+  ``image_size / crop_pct`` then centre crop.
+* ``"deit"``: ``"imagenet"`` with bicubic resampling + timm RandAugment
+  ``rand-m9-mstd0.5-inc1`` (host) + random erasing (p 0.25, per-pixel noise,
+  after normalisation, on device), the DeiT recipe (Touvron et al., ICML
+  2021, github.com/facebookresearch/deit ``main.py``); as in timm, no colour
+  jitter unless asked for (timm switches it off under RandAugment).
 
 An ``Augment`` has two halves, run by ``TrainIterator`` / ``eval_batches``:
 
-* ``host(images_uint8 [b, H, W, C], rng)`` -> uint8 ``[b, H, W, C]``: random
-  geometry in numpy on this process's slice, driven by a
+* ``host(images_uint8 [b, H, W, C], rng)`` -> uint8 ``[b, H', W', C]``:
+  random geometry in numpy / Pillow on this process's slice, driven by a
   ``np.random.Generator`` seeded from ``(seed, epoch, step, process)``, so a
   resumed run gets identical batches.
-* ``device(x [B, H, W, C], seed, epoch, step)`` -> float32 ``[B, S, S, C]``:
-  jitted on the global sharded batch; casts, normalises, optionally resizes
-  (224-px recipes) and, for ``backend="jax"``, does the crop/flip itself with a
-  key folded from ``(seed, epoch, step)``. Transferring uint8 instead of
+* ``device(x [B, H', W', C], seed, epoch, step)`` -> float32 ``[B, S, S, C]``:
+  jitted on the global sharded batch; crops / flips for ``backend="jax"``,
+  colour jitter, normalisation, resize or centre crop, random erasing, with
+  keys folded from ``(seed, epoch, step)``. Transferring uint8 instead of
   float32 moves 4x fewer bytes to the device.
 
-``backend="jax"`` is the default for the CIFAR crop/flip: on this 2-core CPU
-it was 2x (batch 100) to 5x (batch 256) faster end to end than the numpy host
-version (``results/bench_augment.md``), and on an accelerator it keeps the
-scarce host CPU free. ``backend="numpy"`` (vectorised host version, same
-semantics, different random draws) stays available; RandAugment is host-only.
+``backend="jax"`` is the default for the geometry of ``"cifar"`` and
+``"imagenet"``: on this 2-core CPU it was 2x (batch 100) to 5x (batch 256)
+faster end to end than the numpy host version for CIFAR, and on an
+accelerator it keeps the scarce host CPU free (``results/bench_augment.md``
+has the 224-px numbers). ``backend="numpy"`` (same semantics, different
+random draws) stays available. The kinds with RandAugment (Pillow) are
+host-only: their crop must come before it.
 """
 
 from __future__ import annotations
@@ -32,10 +47,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from automix_jax.data import transforms as T
+from automix_jax.data.randaugment import (DEFAULT_POLICY, parse_policy,
+                                          randaugment_np)
+from automix_jax.data.transforms import _batch_sharded_like
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-KINDS = ("cifar", "none", "randaugment")
-RESIZE_METHODS = ("bilinear", "nearest")
+KINDS = ("cifar", "none", "randaugment", "imagenet", "deit")
+CROP_KINDS = ("imagenet", "deit")  # RandomResizedCrop to image_size
+RESIZE_METHODS = ("bilinear", "bicubic", "nearest")
 
 
 def _check_uint8_batch(images, arg="images"):
@@ -105,81 +126,6 @@ def random_crop_flip_np(images: np.ndarray, rng: np.random.Generator, *,
   return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-# RandAugment (Cubuk et al. 2020), host version with Pillow, timm-style
-# magnitudes (level = M / 10, random sign for signed ops).
-_FILL = (128, 128, 128)
-
-
-def _ra_ops():
-  from PIL import Image, ImageEnhance, ImageOps
-
-  def affine(img, m):
-    return img.transform(img.size, Image.AFFINE, m, resample=Image.BILINEAR,
-                         fillcolor=_FILL)
-
-  return {
-      "Identity": lambda img, lv: img,
-      "AutoContrast": lambda img, lv: ImageOps.autocontrast(img),
-      "Equalize": lambda img, lv: ImageOps.equalize(img),
-      "Rotate": lambda img, lv: img.rotate(30.0 * lv, resample=Image.BILINEAR,
-                                           fillcolor=_FILL),
-      "Solarize": lambda img, lv: ImageOps.solarize(img, 256 - int(256 * abs(lv))),
-      "Posterize": lambda img, lv: ImageOps.posterize(img, max(1, 8 - int(4 * abs(lv)))),
-      "Color": lambda img, lv: ImageEnhance.Color(img).enhance(1 + 0.9 * lv),
-      "Contrast": lambda img, lv: ImageEnhance.Contrast(img).enhance(1 + 0.9 * lv),
-      "Brightness": lambda img, lv: ImageEnhance.Brightness(img).enhance(1 + 0.9 * lv),
-      "Sharpness": lambda img, lv: ImageEnhance.Sharpness(img).enhance(1 + 0.9 * lv),
-      "ShearX": lambda img, lv: affine(img, (1, 0.3 * lv, 0, 0, 1, 0)),
-      "ShearY": lambda img, lv: affine(img, (1, 0, 0, 0.3 * lv, 1, 0)),
-      "TranslateX": lambda img, lv: affine(img, (1, 0, 0.45 * lv * img.size[0], 0, 1, 0)),
-      "TranslateY": lambda img, lv: affine(img, (1, 0, 0, 0, 1, 0.45 * lv * img.size[1])),
-  }
-
-
-RANDAUGMENT_OPS = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize",
-                   "Posterize", "Color", "Contrast", "Brightness", "Sharpness",
-                   "ShearX", "ShearY", "TranslateX", "TranslateY")
-
-
-def randaugment_np(images: np.ndarray, rng: np.random.Generator, *,
-                   num_ops: int = 2, magnitude: float = 9) -> np.ndarray:
-  """RandAugment: ``num_ops`` ops from ``RANDAUGMENT_OPS`` per image.
-
-  Each op is applied at level ``magnitude / 10`` (timm convention) with a random
-  sign for signed ops; fill for geometric ops is grey 128. No magnitude noise.
-
-  Args:
-    images: uint8 ``[B, H, W, 3]``.
-    rng: numpy Generator (draws ``[B, num_ops]`` op ids and signs).
-    num_ops: N (2 for the DeiT/Swin recipes).
-    magnitude: M in [0, 10] (9 for the DeiT/Swin recipes).
-
-  Returns:
-    uint8 ``[B, H, W, 3]``.
-  """
-  from PIL import Image
-
-  _check_uint8_batch(images)
-  if images.shape[-1] != 3:
-    raise ValueError(f"randaugment needs RGB images [B, H, W, 3]; got {images.shape}.")
-  if not 0 <= magnitude <= 10 or num_ops < 0:
-    raise ValueError(
-        f"`magnitude` must be in [0, 10] and `num_ops` >= 0; got {magnitude}, "
-        f"{num_ops}.")
-  ops = _ra_ops()
-  b = images.shape[0]
-  choice = rng.integers(0, len(RANDAUGMENT_OPS), size=(b, num_ops))
-  signs = np.where(rng.random((b, num_ops)) < 0.5, -1.0, 1.0)
-  level = magnitude / 10.0
-  out = np.empty_like(images)
-  for i in range(b):
-    img = Image.fromarray(images[i])
-    for j in range(num_ops):
-      img = ops[RANDAUGMENT_OPS[choice[i, j]]](img, level * signs[i, j])
-    out[i] = np.asarray(img, np.uint8)
-  return out
-
-
 # ------------------------------------------------------------------ JAX device
 def augment_jax(key: jax.Array, images_uint8: jax.Array, *, mean=CIFAR_MEAN,
                 std=CIFAR_STD, padding: int = 4, flip: bool = True) -> jax.Array:
@@ -204,16 +150,6 @@ def augment_jax(key: jax.Array, images_uint8: jax.Array, *, mean=CIFAR_MEAN,
   mean, std = _check_mean_std(mean, std, c)
   x = _crop_flip_jax(key, images_uint8, padding=padding, flip=flip)
   return _normalize_jax(x, mean, std)
-
-
-def _batch_sharded_like(a, x):
-  """Reshards per-example ``a`` [B, ...] along the batch axis of explicit ``x``."""
-  sh = getattr(jax.typeof(x), "sharding", None)
-  mesh = getattr(sh, "mesh", None)
-  if mesh is None or mesh.empty or not sh.spec or sh.spec[0] is None:
-    return a
-  return jax.sharding.reshard(
-      a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sh.spec[0])))
 
 
 def _crop_flip_jax(key, x, *, padding, flip):
@@ -253,32 +189,84 @@ def resize_jax(x: jax.Array, size: int, method: str = "bilinear") -> jax.Array:
 
 # ------------------------------------------------------------------ Augment
 class Augment:
-  """A host half (numpy, uint8) and a jitted device half; see module doc.
+  """A host half (numpy / Pillow, uint8) and a jitted device half; see module doc.
 
   Attributes:
-    name: e.g. ``"cifar"``, ``"none"``, ``"randaugment"``.
+    name: one of ``KINDS``.
     backend: ``"numpy"`` (geometry on the host) or ``"jax"`` (on device).
-    image_size: output side length, 0 = unchanged.
+    image_size: output side length, 0 = unchanged (crop kinds need > 0).
+    resize_method: filter of every resize ("bilinear", "bicubic"; "nearest"
+      only for the plain resize of the non-crop kinds).
+    crop_pct: eval centre-crop fraction (None: the eval resizes to
+      ``image_size`` without cropping).
   """
 
   def __init__(self, name: str = "cifar", *, mean=CIFAR_MEAN, std=CIFAR_STD,
                padding: int = 4, flip: bool = True, image_size: int = 0,
-               resize_method: str = "bilinear", backend: str = "jax",
-               randaugment_num_ops: int = 2, randaugment_magnitude: float = 9):
+               resize_method: str | None = None, backend: str = "jax",
+               randaugment: str = DEFAULT_POLICY,
+               crop_scale=T.IMAGENET_SCALE, crop_ratio=T.IMAGENET_RATIO,
+               crop_pct: float | None = None, color_jitter=0.0,
+               erasing_prob: float | None = None, erasing_mode: str = "pixel"):
+    """Validates and stores the settings (nothing is compiled until used).
+
+    Args:
+      name: one of ``KINDS``.
+      mean, std: per-channel normalisation of ``x / 255``.
+      padding: reflect padding of the CIFAR crop.
+      flip: random horizontal flip (p = 0.5).
+      image_size: output side; required (> 0) for "imagenet" / "deit".
+      resize_method: None = the kind's default ("bicubic" for "deit", else
+        "bilinear").
+      backend: "jax" or "numpy" (forced to "numpy" with RandAugment).
+      randaugment: timm RandAugment string ("randaugment" / "deit").
+      crop_scale, crop_ratio: RandomResizedCrop ranges (area fraction, w/h).
+      crop_pct: eval centre crop; None = 0.875 for the crop kinds and no
+        crop (plain resize) for the others.
+      color_jitter: float ``v`` or ``(brightness, contrast, saturation[,
+        hue])``; 0 = off (torchvision ``ColorJitter`` on device).
+      erasing_prob: random erasing probability; None = 0.25 for "deit", else
+        0.
+      erasing_mode: "pixel" | "rand" | "const" (timm's modes).
+    """
     if name not in KINDS:
       raise ValueError(f"augment name must be one of {KINDS}, got {name!r}.")
     if backend not in ("numpy", "jax"):
       raise ValueError(f"`backend` must be 'numpy' or 'jax', got {backend!r}.")
-    if name == "randaugment":
-      backend = "numpy"  # RandAugment (PIL) is host-only.
+    if name in ("randaugment", "deit"):
+      backend = "numpy"  # RandAugment (PIL) is host-only; the crop precedes it.
     if not isinstance(image_size, (int, np.integer)) or image_size < 0:
       raise ValueError(
           f"`image_size` must be an int >= 0 (0 = native), got {image_size!r}.")
+    if name in CROP_KINDS and image_size == 0:
+      raise ValueError(
+          f"augment {name!r} crops to `image_size`: it must be > 0 (e.g. 224).")
+    if resize_method is None:
+      resize_method = "bicubic" if name == "deit" else "bilinear"
     if resize_method not in RESIZE_METHODS:
       raise ValueError(
           f"`resize_method` must be one of {RESIZE_METHODS}, got {resize_method!r}.")
+    if crop_pct is None and name in CROP_KINDS:
+      crop_pct = 0.875
+    if crop_pct is not None:
+      if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise ValueError(f"`crop_pct` must be in (0, 1] or None, got {crop_pct!r}.")
+      if image_size == 0:
+        raise ValueError("`crop_pct` needs `image_size` > 0.")
+    if (name in CROP_KINDS or crop_pct is not None) and (
+        resize_method not in T.INTERPOLATIONS):
+      raise ValueError(
+          f"`resize_method` must be one of {T.INTERPOLATIONS} for the "
+          f"antialiased crops; got {resize_method!r}.")
     if not isinstance(padding, (int, np.integer)) or padding < 0:
       raise ValueError(f"`padding` must be an int >= 0, got {padding!r}.")
+    if erasing_prob is None:
+      erasing_prob = 0.25 if name == "deit" else 0.0
+    if not isinstance(erasing_prob, (int, float)) or not 0 <= erasing_prob <= 1:
+      raise ValueError(f"`erasing_prob` must be in [0, 1], got {erasing_prob!r}.")
+    if erasing_mode not in T.ERASING_MODES:
+      raise ValueError(
+          f"`erasing_mode` must be one of {T.ERASING_MODES}, got {erasing_mode!r}.")
     self.name = name
     self.mean, self.std = _check_mean_std(mean, std)
     self.padding = int(padding)
@@ -286,37 +274,88 @@ class Augment:
     self.image_size = int(image_size)
     self.resize_method = resize_method
     self.backend = backend
-    self.ra_num_ops = int(randaugment_num_ops)
-    self.ra_magnitude = float(randaugment_magnitude)
+    parse_policy(randaugment)  # validates
+    self.randaugment = randaugment
+    self.crop_scale = T._check_range(crop_scale, "crop_scale")
+    self.crop_ratio = T._check_range(crop_ratio, "crop_ratio")
+    self.crop_pct = None if crop_pct is None else float(crop_pct)
+    self.color_jitter = T.jitter_strengths(color_jitter)
+    self.jitter = any(self.color_jitter)
+    self.erasing_prob = float(erasing_prob)
+    self.erasing_mode = erasing_mode
+    # RandAugment's fill: timm's round(255 * mean).
+    fill = [min(255, round(255 * float(m))) for m in self.mean]
+    self.fill = tuple(fill * 3 if len(fill) == 1 else fill)
     self._jitted = {}
 
   def __repr__(self):
+    extra = ""
+    if self.name in CROP_KINDS:
+      extra += (f", crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}")
+    if self.name in ("randaugment", "deit"):
+      extra += f", randaugment={self.randaugment!r}"
+    if self.jitter:
+      extra += f", color_jitter={self.color_jitter!r}"
+    if self.erasing_prob:
+      extra += f", erasing=({self.erasing_prob}, {self.erasing_mode!r})"
     return (f"Augment({self.name!r}, backend={self.backend!r}, image_size="
-            f"{self.image_size}, mean={self.mean.tolist()}, std={self.std.tolist()})")
+            f"{self.image_size}, resize_method={self.resize_method!r}, "
+            f"crop_pct={self.crop_pct}{extra}, mean={self.mean.tolist()}, "
+            f"std={self.std.tolist()})")
 
   def output_shape(self, image_shape: Sequence[int]):
     h, w, c = image_shape
     return (self.image_size, self.image_size, c) if self.image_size else (h, w, c)
 
+  def eval_version(self) -> "Augment":
+    """The deterministic eval transform with this augment's mean, std, size,
+    filter and ``crop_pct``."""
+    return eval_transform(mean=self.mean, std=self.std,
+                          image_size=self.image_size,
+                          resize_method=self.resize_method,
+                          crop_pct=self.crop_pct)
+
   def host(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 ``[b, H, W, C]`` -> uint8 ``[b, H, W, C]`` (random geometry)."""
+    """uint8 ``[b, H, W, C]`` -> uint8 ``[b, H', W', C]`` (random geometry)."""
     _check_uint8_batch(images)
     if self.name == "none" or self.backend == "jax":
       return images
-    x = random_crop_flip_np(images, rng, padding=self.padding, flip=self.flip)
-    if self.name == "randaugment":
-      x = randaugment_np(x, rng, num_ops=self.ra_num_ops,
-                         magnitude=self.ra_magnitude)
+    if self.name in CROP_KINDS:
+      x = T.random_resized_crop_np(
+          images, rng, size=self.image_size, scale=self.crop_scale,
+          ratio=self.crop_ratio, interpolation=self.resize_method,
+          flip=self.flip)
+    else:
+      x = random_crop_flip_np(images, rng, padding=self.padding, flip=self.flip)
+    if self.name in ("randaugment", "deit"):
+      x = randaugment_np(x, rng, policy=self.randaugment, fill=self.fill,
+                         interpolation=self.resize_method)
     return x
 
   def _device_fn(self, x, seed, epoch, step):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch),
+                             step)
+    center_crop = self.name == "none" and self.crop_pct is not None
     if self.backend == "jax" and self.name == "cifar":
-      key = jax.random.fold_in(jax.random.fold_in(
-          jax.random.key(seed), epoch), step)
       x = _crop_flip_jax(key, x, padding=self.padding, flip=self.flip)
+    elif self.backend == "jax" and self.name == "imagenet":
+      x = T.random_resized_crop_jax(
+          key, x, size=self.image_size, scale=self.crop_scale,
+          ratio=self.crop_ratio, interpolation=self.resize_method,
+          flip=self.flip)
+    elif center_crop:
+      x = T.center_crop_jax(x, size=self.image_size, crop_pct=self.crop_pct,
+                            interpolation=self.resize_method)
+    if self.jitter:  # torchvision's ColorJitter works on [0, 1] floats
+      x = 255.0 * T.color_jitter_jax(
+          jax.random.fold_in(key, 1), x.astype(jnp.float32) / 255.0,
+          color_jitter=self.color_jitter)
     x = _normalize_jax(x, self.mean, self.std)
-    if self.image_size:
+    if self.image_size and self.name not in CROP_KINDS and not center_crop:
       x = resize_jax(x, self.image_size, self.resize_method)
+    if self.erasing_prob:
+      x = T.random_erasing_jax(jax.random.fold_in(key, 2), x,
+                               prob=self.erasing_prob, mode=self.erasing_mode)
     return x
 
   def device(self, x: jax.Array, seed: int = 0, epoch: int = 0, step: int = 0, *,
@@ -330,30 +369,45 @@ class Augment:
 
 
 def eval_transform(*, mean=CIFAR_MEAN, std=CIFAR_STD, image_size: int = 0,
-                   resize_method: str = "bilinear") -> Augment:
-  """Normalisation (+ resize) only: the eval-time ``Augment``."""
+                   resize_method: str = "bilinear",
+                   crop_pct: float | None = None) -> Augment:
+  """The eval-time ``Augment``: normalisation, plus a resize to ``image_size``
+  or, with ``crop_pct``, timm's resize-shorter-side-then-centre-crop."""
   return Augment("none", mean=mean, std=std, image_size=image_size,
-                 resize_method=resize_method)
+                 resize_method=resize_method, crop_pct=crop_pct)
 
 
 def from_config(data_config, *, train: bool, backend: str = "jax") -> Augment:
   """The train (``data.augment``) or eval ``Augment`` of a config ``data`` block.
 
-  Reads ``augment`` ("cifar" | "none" | "randaugment"), ``image_size``, ``mean``,
-  ``std`` (missing keys take the CIFAR defaults).
+  Reads ``augment`` (one of ``KINDS``), ``image_size``, ``mean``, ``std``,
+  ``resize_method``, ``crop_scale``, ``crop_ratio``, ``crop_pct``,
+  ``color_jitter``, ``randaugment``, ``erasing_prob``, ``erasing_mode``
+  (docs/config_schema.md); missing keys (or None) take the kind's defaults.
+  The eval transform is ``Augment.eval_version()`` of the train one.
   """
   get = (data_config.get if hasattr(data_config, "get")
          else lambda k, d=None: getattr(data_config, k, d))
-  mean = tuple(get("mean", CIFAR_MEAN))
-  std = tuple(get("std", CIFAR_STD))
-  image_size = int(get("image_size", 0) or 0)
-  if not train:
-    return eval_transform(mean=mean, std=std, image_size=image_size)
   name = get("augment", "cifar")
   if name not in KINDS:
     raise ValueError(f"config data.augment must be one of {KINDS}, got {name!r}.")
-  return Augment(name, mean=mean, std=std, image_size=image_size,
-                 backend=backend)
+
+  def opt(key, default):
+    v = get(key, None)
+    return default if v is None else v
+
+  aug = Augment(
+      name, mean=tuple(opt("mean", CIFAR_MEAN)), std=tuple(opt("std", CIFAR_STD)),
+      image_size=int(opt("image_size", 0)), backend=backend,
+      resize_method=get("resize_method", None),
+      crop_scale=tuple(opt("crop_scale", T.IMAGENET_SCALE)),
+      crop_ratio=tuple(opt("crop_ratio", T.IMAGENET_RATIO)),
+      crop_pct=get("crop_pct", None),
+      color_jitter=opt("color_jitter", 0.0),
+      randaugment=opt("randaugment", DEFAULT_POLICY),
+      erasing_prob=get("erasing_prob", None),
+      erasing_mode=opt("erasing_mode", "pixel"))
+  return aug if train else aug.eval_version()
 
 
 def as_augment(augment, *, arg: str = "augment") -> Augment:

@@ -29,7 +29,7 @@ from typing import Dict, Iterator, Optional
 import jax
 import numpy as np
 
-from automix_jax.data.augment import Augment, as_augment, eval_transform
+from automix_jax.data.augment import Augment, as_augment
 
 Batch = Dict[str, jax.Array]
 
@@ -114,7 +114,7 @@ class TrainIterator:
         process count.
       seed: data seed (permutations and augmentation).
       augment: an ``Augment`` (e.g. ``augment.from_config(cfg.data,
-        train=True)``) or one of ``"cifar" | "none" | "randaugment"``.
+        train=True)``) or one of ``augment.KINDS``.
       sharding: ``jax.sharding.Sharding`` of the image batch, e.g.
         ``NamedSharding(mesh, P("data"))``.
       prefetch: host batches (source reads + host augmentation) prepared ahead
@@ -364,17 +364,16 @@ def eval_batches(source, *, batch_size: int, sharding, normalize,
     source: a data source.
     batch_size: global B, divisible by device and process counts.
     sharding: sharding of the image batch.
-    normalize: an ``Augment`` (only its mean/std/image_size are used, never
-      random geometry) or a ``(mean, std)`` pair.
+    normalize: an ``Augment`` (its ``eval_version()`` runs: mean/std, size,
+      filter and centre crop, never random geometry) or a ``(mean, std)``
+      pair.
     process_index, process_count: defaults from jax.
   """
   _check_source(source)
   pi = jax.process_index() if process_index is None else int(process_index)
   pc = jax.process_count() if process_count is None else int(process_count)
   _check_batch_size(batch_size, sharding, pc, "batch_size")
-  aug = as_augment(normalize, arg="normalize")
-  ev = eval_transform(mean=aug.mean, std=aug.std, image_size=aug.image_size,
-                      resize_method=aug.resize_method)
+  ev = as_augment(normalize, arg="normalize").eval_version()
   lb = batch_size // pc
   n = len(source)
   label_sharding = _label_sharding(sharding)
