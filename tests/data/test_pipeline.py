@@ -2,6 +2,7 @@
 
 import threading
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -267,3 +268,86 @@ def test_eval_batches_padding_and_mask(sharding):
   with pytest.raises(ValueError, match="devices"):
     next(data.eval_batches(src, batch_size=10, sharding=sharding,
                            normalize=(data.CIFAR_MEAN, data.CIFAR_STD)))
+
+
+# ------------------------------------------------------------- 224-px kinds
+@pytest.mark.parametrize("kind,backend", [("imagenet", "jax"),
+                                          ("imagenet", "numpy"),
+                                          ("deit", "numpy")])
+def test_crop_kinds_through_iterator(sharding, kind, backend):
+  src = _source(24, hw=12)
+  aug = data.Augment(kind, image_size=8, backend=backend,
+                     color_jitter=0.4 if backend == "jax" else 0.0)
+  assert aug.backend == backend
+  chex.clear_trace_counter()
+  aug._device_fn = chex.assert_max_traces(aug._device_fn, n=1)  # jitted once
+  with data.TrainIterator(src, global_batch_size=8, seed=0, augment=aug,
+                          sharding=sharding, prefetch=0) as it:
+    first = [next(it)["image"] for _ in range(3)]
+  assert first[0].shape == (8, 8, 8, 3) and first[0].sharding == sharding
+  assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+  # The device half: sharded == unsharded, a function of (seed, epoch, step).
+  host = it.local_batch(0, 2)["image"]
+  single = data.Augment(kind, image_size=8, backend=backend,
+                        color_jitter=aug.color_jitter)
+  np.testing.assert_allclose(
+      np.asarray(first[2]), np.asarray(single.device(host, 0, 0, 2)),
+      atol=1e-5)
+
+
+def test_crop_kind_host_half_is_crop_then_randaugment():
+  x = np.random.default_rng(0).integers(0, 256, (4, 12, 10, 3), np.uint8)
+  mean = (0.485, 0.456, 0.406)
+  got = data.Augment("deit", image_size=8, mean=mean).host(
+      x, np.random.default_rng(3))
+  rng = np.random.default_rng(3)
+  want = data.random_resized_crop_np(x, rng, size=8, interpolation="bicubic")
+  want = data.randaugment_np(want, rng, policy="rand-m9-mstd0.5-inc1",
+                             fill=(124, 116, 104), interpolation="bicubic")
+  np.testing.assert_array_equal(got, want)
+  got = data.Augment("imagenet", image_size=8, backend="numpy").host(
+      x, np.random.default_rng(3))
+  np.testing.assert_array_equal(got, data.random_resized_crop_np(
+      x, np.random.default_rng(3), size=8))
+
+
+def test_imagenet_whole_image_crop_is_normalised_image_or_its_mirror():
+  # scale = ratio = 1 on square images: the box is the whole image, resized
+  # to its own size (identity), then flipped with p = 0.5.
+  x = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), np.uint8)
+  aug = data.Augment("imagenet", image_size=8, crop_scale=(1, 1),
+                     crop_ratio=(1, 1))
+  out = np.asarray(aug.device(x, 0, 0, 0))
+  norm = data.normalize_np(x)
+  flipped = [np.allclose(o, n[:, ::-1], atol=1e-4) for o, n in zip(out, norm)]
+  same = [np.allclose(o, n, atol=1e-4) for o, n in zip(out, norm)]
+  assert all(f or s for f, s in zip(flipped, same))
+  assert 2 < sum(flipped) < 14
+
+
+def test_crop_kinds_from_config_and_eval(sharding):
+  cfg = {"augment": "deit", "image_size": 8, "mean": (0.5,) * 3,
+         "std": (0.25,) * 3}
+  aug = data.augment_from_config(cfg, train=True)
+  assert (aug.backend, aug.resize_method, aug.crop_pct, aug.erasing_prob) == (
+      "numpy", "bicubic", 0.875, 0.25)
+  ev = data.augment_from_config(cfg, train=False)
+  assert (ev.name, ev.crop_pct, ev.image_size) == ("none", 0.875, 8)
+  src = _source(8, hw=12)
+  b = next(data.eval_batches(src, batch_size=8, sharding=sharding,
+                             normalize=aug))  # a train augment: its eval version
+  want = (data.center_crop_jax(src.images, size=8, interpolation="bicubic")
+          / 255.0 - 0.5) / 0.25
+  np.testing.assert_allclose(np.asarray(b["image"]), np.asarray(want), atol=1e-5)
+  imnet = data.augment_from_config(
+      dict(cfg, augment="imagenet", crop_pct=1.0, resize_method=None,
+           color_jitter=(0.4, 0.4, 0.4, 0.1)), train=True)
+  assert (imnet.backend, imnet.resize_method, imnet.crop_pct,
+          imnet.erasing_prob, imnet.color_jitter) == (
+              "jax", "bilinear", 1.0, 0.0, (0.4, 0.4, 0.4, 0.1))
+  for key, bad in [("image_size", 0), ("crop_pct", 1.5), ("color_jitter", (1, 2)),
+                   ("randaugment", "rand-x9"), ("resize_method", "nearest"),
+                   ("crop_scale", (0.5, 0.1)), ("erasing_mode", "gauss"),
+                   ("erasing_prob", 2.0)]:
+    with pytest.raises(ValueError, match=key if key != "randaugment" else "rand"):
+      data.augment_from_config(dict(cfg, **{key: bad}), train=True)
