@@ -128,7 +128,14 @@ def base_config() -> mlc.ConfigDict:
       "cache_dir": "", "tfds_data_dir": "", "train_split": "train",
       "test_split": "test", "images_per_class": 0, "subset_seed": 0,
       "augment": "cifar", "image_size": 0,
-      "mean": CIFAR10_MEAN, "std": CIFAR10_STD})
+      "mean": CIFAR10_MEAN, "std": CIFAR10_STD,
+      # The 224-px pipelines (automix_jax.data.augment; None = the kind's
+      # default, docs/config_schema.md).
+      "resize_method": None, "crop_scale": (0.08, 1.0),
+      "crop_ratio": (3.0 / 4.0, 4.0 / 3.0), "crop_pct": None,
+      "color_jitter": (0.0, 0.0, 0.0, 0.0),
+      "randaugment": "rand-m9-mstd0.5-inc1", "erasing_prob": None,
+      "erasing_mode": "pixel"})
   c.optimizer = mlc.ConfigDict({
       "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
       "weight_decay": 1e-4, "schedule": "cosine", "min_lr": 0.0,

@@ -604,6 +604,26 @@ def erase_boxes_jax(images: jax.Array, boxes: jax.Array, erase: jax.Array,
   return jnp.where(mask[..., None], fill, images)
 
 
+def _box_noise(key, boxes, h, w, c, max_area, dtype):
+  """Per-pixel N(0, 1) noise for the boxes: ``[B, H, W, C]``, fresh inside each.
+
+  Draws only as many normals as the largest box can hold and lays them out
+  row-major inside the box: a box of ``round(sqrt(t a)) x round(sqrt(t / a))``
+  pixels with ``t <= max_area H W`` has at most ``t + (H + W) / 2 + 3 / 4``
+  (rounding adds at most half a row and half a column). On CPU this is 10x
+  cheaper than noise for the whole image (``results/bench_augment.md``).
+  """
+  b = boxes.shape[0]
+  n = min(h * w, int(math.floor(max_area * h * w + 0.5 * (h + w) + 1)))
+  noise = jax.random.normal(key, (b, n, c), dtype)
+  top, left, _, bw = (boxes[:, i, None, None] for i in range(4))
+  r = jnp.arange(h)[None, :, None]
+  col = jnp.arange(w)[None, None, :]
+  idx = jnp.clip((r - top) * bw + (col - left), 0, n - 1)     # [B, H, W]
+  idx = _batch_sharded_like(idx.reshape(b, h * w, 1), noise)
+  return jnp.take_along_axis(noise, idx, axis=1).reshape(b, h, w, c)
+
+
 def random_erasing_jax(key: jax.Array, images: jax.Array, *, prob: float = 0.25,
                        mode: str = "pixel", area=(0.02, 1.0 / 3.0),
                        aspect=(0.3, 1.0 / 0.3)) -> jax.Array:
@@ -634,7 +654,7 @@ def random_erasing_jax(key: jax.Array, images: jax.Array, *, prob: float = 0.25,
   boxes, erase = erasing_boxes(jnp, u, height=h, width=w, prob=prob, area=area,
                                aspect=aspect)
   if mode == "pixel":
-    fill = jax.random.normal(k_fill, (b, h, w, c), images.dtype)
+    fill = _box_noise(k_fill, boxes, h, w, c, area[1], images.dtype)
   elif mode == "rand":
     fill = jax.random.normal(k_fill, (b, 1, 1, c), images.dtype)
   else:

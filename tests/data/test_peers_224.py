@@ -329,5 +329,6 @@ def test_random_erasing_fills_one_box_with_noise():
     assert m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # a rectangle
   vals = out[erased]
   assert abs(vals.mean()) < 0.1 and abs(vals.std() - 1) < 0.1
+  assert len(np.unique(vals)) == vals.size  # a fresh draw for every value
   with pytest.raises(ValueError, match="mode"):
     data.random_erasing_jax(jax.random.key(0), x, mode="gauss")

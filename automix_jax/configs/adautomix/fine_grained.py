@@ -21,10 +21,17 @@ Reported (CUB R18/R50, FGVC R18/RX50, Cars R18/RX50): 80.88 / 84.57,
 81.73 / 87.16, 89.19 / 91.59. (The Cars/CUB files write ``mixed_radio``, a typo
 that leaves ``mixup_radio`` at its default 0.5.)
 
+Data (OpenMixup ``_base_/datasets/cub200/sz224_bs16.py``, the same for Cars and
+Aircraft): resize 256, RandomResizedCrop 224 (scale 0.5-1, bilinear) + flip;
+eval resize 256 + centre crop 224: ``data.augment = "imagenet"`` with
+``crop_scale = (0.5, 1)``, ``crop_pct = 0.875``. (The crop fractions are
+relative, so cropping the stored image directly instead of its 256-px resize
+changes only the resampling.)
+
 Not reproduced: the ImageNet-pretrained initialisation (the model zoo loads no
-torchvision weights; the CUB-R18 log loads ``resnet18-pytorch.pth``), and
-RandomResizedCrop (images are resized to 224 with flips only). ResNeXt-50 is
-``resnet50`` with ``groups=32, base_width=4``.
+torchvision weights; the CUB-R18 log loads ``resnet18-pytorch.pth``). The TFDS
+datasets' images vary in size, which ``open_tfds`` does not accept yet.
+ResNeXt-50 is ``resnet50`` with ``groups=32, base_width=4``.
 
 Args (``:k=v,...``): dataset (cub | cars | aircraft), model (r18 | r50 | rx50),
 epochs.
@@ -61,8 +68,11 @@ def get_config(arg=None):
     c.model.kwargs = {"groups": 32, "base_width": 4}
   c.batch_size = 16
   c.data.name = DATASETS[arg.dataset]
-  c.data.augment = "none"
+  c.data.augment = "imagenet"
   c.data.image_size = 224
+  c.data.crop_scale = (0.5, 1.0)
+  c.data.resize_method = "bilinear"
+  c.data.crop_pct = 0.875
   c.data.mean, c.data.std = tiny_imagenet.IMAGENET_MEAN, tiny_imagenet.IMAGENET_STD
   c.optimizer.lr = 1e-3
   c.optimizer.min_lr = min_lr

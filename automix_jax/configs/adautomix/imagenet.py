@@ -7,10 +7,15 @@ lam_margin 0.03; generator on stage-3 features (256 ch R-18 / 1024 ch R-50,
 14x14), bilinear x16, ``lam_concat=True``; EMA 0.999 -> 0.99999. Reported: R-18
 70.86, R-50 78.04.
 
+Data (OpenMixup ``_base_/datasets/imagenet/basic_sz224_4xbs64.py``):
+RandomResizedCrop 224 (scale 0.08-1, bicubic) + flip; eval resize 256 (bicubic)
++ centre crop 224: ``data.augment = "imagenet"`` with ``resize_method =
+"bicubic"``, ``crop_pct = 0.875``.
+
 Not reproduced: the R-50 config puts a BatchNorm after the generator's q and k
 convs; ``AdaptiveMask`` has no such option (docs/learned_mixing.md, gaps).
-ImageNet RandomResizedCrop is not in ``automix_jax.data``; images are resized to
-224 (``data.image_size``) with flips only.
+TFDS ``imagenet2012`` images vary in size, which ``open_tfds`` does not accept
+yet: the data must be stored at a fixed size (the crop then works on it).
 
 Args (``:k=v,...``): model (r18 | r50), epochs.
 """
@@ -29,8 +34,10 @@ def get_config(arg=None):
   c.batch_size = 256
   c.data.name = "imagenet2012"
   c.data.train_split, c.data.test_split = "train", "validation"
-  c.data.augment = "none"
+  c.data.augment = "imagenet"
   c.data.image_size = 224
+  c.data.resize_method = "bicubic"
+  c.data.crop_pct = 0.875
   c.data.mean, c.data.std = tiny_imagenet.IMAGENET_MEAN, tiny_imagenet.IMAGENET_STD
   c.optimizer.lr = 0.1
   c.optimizer.min_lr = 0.0
