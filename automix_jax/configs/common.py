@@ -135,7 +135,7 @@ def base_config() -> mlc.ConfigDict:
       "crop_ratio": (3.0 / 4.0, 4.0 / 3.0), "crop_pct": None,
       "color_jitter": (0.0, 0.0, 0.0, 0.0),
       "randaugment": "rand-m9-mstd0.5-inc1", "erasing_prob": None,
-      "erasing_mode": "pixel"})
+      "erasing_mode": "pixel", "augment_backend": "jax"})
   c.optimizer = mlc.ConfigDict({
       "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
       "weight_decay": 1e-4, "schedule": "cosine", "min_lr": 0.0,

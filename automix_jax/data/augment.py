@@ -382,9 +382,10 @@ def from_config(data_config, *, train: bool, backend: str = "jax") -> Augment:
 
   Reads ``augment`` (one of ``KINDS``), ``image_size``, ``mean``, ``std``,
   ``resize_method``, ``crop_scale``, ``crop_ratio``, ``crop_pct``,
-  ``color_jitter``, ``randaugment``, ``erasing_prob``, ``erasing_mode``
-  (docs/config_schema.md); missing keys (or None) take the kind's defaults.
-  The eval transform is ``Augment.eval_version()`` of the train one.
+  ``color_jitter``, ``randaugment``, ``erasing_prob``, ``erasing_mode`` and
+  ``augment_backend`` (overrides ``backend``) (docs/config_schema.md);
+  missing keys (or None) take the kind's defaults. The eval transform is
+  ``Augment.eval_version()`` of the train one.
   """
   get = (data_config.get if hasattr(data_config, "get")
          else lambda k, d=None: getattr(data_config, k, d))
@@ -396,9 +397,14 @@ def from_config(data_config, *, train: bool, backend: str = "jax") -> Augment:
     v = get(key, None)
     return default if v is None else v
 
+  if opt("augment_backend", backend) not in ("numpy", "jax"):
+    raise ValueError("config data.augment_backend must be 'jax' or 'numpy', "
+                     f"got {get('augment_backend')!r}.")
+
   aug = Augment(
       name, mean=tuple(opt("mean", CIFAR_MEAN)), std=tuple(opt("std", CIFAR_STD)),
-      image_size=int(opt("image_size", 0)), backend=backend,
+      image_size=int(opt("image_size", 0)),
+      backend=opt("augment_backend", backend),
       resize_method=get("resize_method", None),
       crop_scale=tuple(opt("crop_scale", T.IMAGENET_SCALE)),
       crop_ratio=tuple(opt("crop_ratio", T.IMAGENET_RATIO)),

@@ -345,9 +345,12 @@ def test_crop_kinds_from_config_and_eval(sharding):
   assert (imnet.backend, imnet.resize_method, imnet.crop_pct,
           imnet.erasing_prob, imnet.color_jitter) == (
               "jax", "bilinear", 1.0, 0.0, (0.4, 0.4, 0.4, 0.1))
+  assert data.augment_from_config(
+      dict(cfg, augment="imagenet", augment_backend="numpy"),
+      train=True).backend == "numpy"
   for key, bad in [("image_size", 0), ("crop_pct", 1.5), ("color_jitter", (1, 2)),
                    ("randaugment", "rand-x9"), ("resize_method", "nearest"),
                    ("crop_scale", (0.5, 0.1)), ("erasing_mode", "gauss"),
-                   ("erasing_prob", 2.0)]:
+                   ("erasing_prob", 2.0), ("augment_backend", "torch")]:
     with pytest.raises(ValueError, match=key if key != "randaugment" else "rand"):
       data.augment_from_config(dict(cfg, **{key: bad}), train=True)
