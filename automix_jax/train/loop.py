@@ -63,7 +63,8 @@ def check_config(config: Any, *, files: bool = True) -> None:
   """Device-free checks of a config, run before any data or model work.
 
   Positive counts, the method (and its own ``check_config``, e.g. every mixer
-  name and keyword of a static method) and, with ``files``, the offline
+  name and keyword of a static method), the input pipeline (``config.data``
+  augmentation keys) and, with ``files``, the offline
   archive's path (the command line checks it after the multi-process launch,
   whose errors come first).
 
@@ -85,6 +86,11 @@ def check_config(config: Any, *, files: bool = True) -> None:
   if hasattr(method, "check_config"):
     method.check_config(config)
   data = config.data
+  from automix_jax import data as data_lib
+  try:  # the input pipeline's keys (augment, image_size, crop_pct, ...)
+    data_lib.augment_from_config(data, train=True)
+  except ValueError as e:
+    raise ValueError(f"`config.data`: {e}") from e
   if files and data.name == "cifar10_archive":
     path = data.archive_path
     if not path or not os.path.isfile(path):

@@ -99,6 +99,10 @@ def test_a_bad_learned_method_value_names_its_key():
   c.automix.mask_layer = -1
   with pytest.raises(ValueError, match=r"automix\.mask_layer"):
     loop.check_config(c, files=False)
+  c = cli.load_config("adautomix/imagenet", lock=False)
+  c.data.crop_pct = 1.5
+  with pytest.raises(ValueError, match=r"config\.data.*crop_pct"):
+    loop.check_config(c, files=False)
 
 
 def test_readme_training_commands_set_up_the_venv_and_resolve():
