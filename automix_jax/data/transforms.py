@@ -610,8 +610,8 @@ def _box_noise(key, boxes, h, w, c, max_area, dtype):
   Draws only as many normals as the largest box can hold and lays them out
   row-major inside the box: a box of ``round(sqrt(t a)) x round(sqrt(t / a))``
   pixels with ``t <= max_area H W`` has at most ``t + (H + W) / 2 + 3 / 4``
-  (rounding adds at most half a row and half a column). On CPU this is 10x
-  cheaper than noise for the whole image (``results/bench_augment.md``).
+  (rounding adds at most half a row and half a column). Whole-image noise
+  made the op 2.4x slower on the benchmark CPU (``results/bench_augment.md``).
   """
   b = boxes.shape[0]
   n = min(h * w, int(math.floor(max_area * h * w + 0.5 * (h + w) + 1)))
