@@ -277,7 +277,7 @@ def test_eval_batches_padding_and_mask(sharding):
 def test_crop_kinds_through_iterator(sharding, kind, backend):
   src = _source(24, hw=12)
   aug = data.Augment(kind, image_size=8, backend=backend,
-                     color_jitter=0.4 if backend == "jax" else 0.0)
+                     color_jitter=(0.4, 0, 0) if backend == "jax" else 0.0)
   assert aug.backend == backend
   chex.clear_trace_counter()
   aug._device_fn = chex.assert_max_traces(aug._device_fn, n=1)  # jitted once
