@@ -276,8 +276,8 @@ class Augment:
     self.backend = backend
     parse_policy(randaugment)  # validates
     self.randaugment = randaugment
-    self.crop_scale = T._check_range(crop_scale, "crop_scale")
-    self.crop_ratio = T._check_range(crop_ratio, "crop_ratio")
+    self.crop_scale = T.check_range(crop_scale, "crop_scale")
+    self.crop_ratio = T.check_range(crop_ratio, "crop_ratio")
     self.crop_pct = None if crop_pct is None else float(crop_pct)
     self.color_jitter = T.jitter_strengths(color_jitter)
     self.jitter = any(self.color_jitter)

@@ -56,7 +56,7 @@ _ERASE_UNIFORMS = 1 + 2 * _ATTEMPTS + 2
 
 
 # ---------------------------------------------------------------- checks
-def _check_range(value, arg, *, low_open=0.0, high=None):
+def check_range(value, arg, *, low_open=0.0, high=None):
   try:
     lo, hi = (float(v) for v in value)
   except (TypeError, ValueError):
@@ -110,11 +110,6 @@ def _crop_fallback(height: int, width: int, ratio) -> Tuple[int, int, int, int]:
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _first_true(xp, ok):
-  """Index of the first True along the last axis (0 when none is)."""
-  return xp.argmax(ok, axis=-1)
-
-
 def _pick(xp, a, idx):
   return xp.take_along_axis(a, idx[:, None], axis=-1)[:, 0]
 
@@ -147,7 +142,7 @@ def rrc_boxes(xp, u, *, height: int, width: int, scale=IMAGENET_SCALE,
   w = xp.round(xp.sqrt(target * aspect))
   h = xp.round(xp.sqrt(target / aspect))
   ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-  first = _first_true(xp, ok)
+  first = xp.argmax(ok, axis=-1)  # the first accepted attempt (0 if none)
   found = xp.any(ok, axis=-1)
   h, w = _pick(xp, h, first), _pick(xp, w, first)
   top = _offset(xp, u[:, -2], height - h + 1)
@@ -181,7 +176,7 @@ def erasing_boxes(xp, u, *, height: int, width: int, prob: float,
   h = xp.round(xp.sqrt(target * asp))
   w = xp.round(xp.sqrt(target / asp))
   ok = (w < width) & (h < height)  # timm's test (strict, no lower bound)
-  first = _first_true(xp, ok)
+  first = xp.argmax(ok, axis=-1)  # the first accepted attempt (0 if none)
   h, w = _pick(xp, h, first), _pick(xp, w, first)
   # random.randint(0, H - h) is inclusive: H - h + 1 values.
   top = _offset(xp, u[:, -2], height - h + 1)
@@ -224,12 +219,12 @@ def resample_weights(xp, start, length, *, in_size: int, out_size: int,
   Returns:
     float32 ``[..., out_size, in_size]`` (leading axes of ``start``).
   """
-  f32 = xp.float32 if xp is jnp else xp.float64
-  start = xp.asarray(start, f32)[..., None, None]
-  length = xp.asarray(length, f32)[..., None, None]
-  scaled = xp.asarray(scaled_size, f32)
-  i = xp.arange(out_size, dtype=f32)[:, None]
-  j = xp.arange(in_size, dtype=f32)[None, :]
+  ft = xp.float32 if xp is jnp else xp.float64  # host weights in float64
+  start = xp.asarray(start, ft)[..., None, None]
+  length = xp.asarray(length, ft)[..., None, None]
+  scaled = xp.asarray(scaled_size, ft)
+  i = xp.arange(out_size, dtype=ft)[:, None]
+  j = xp.arange(in_size, dtype=ft)[None, :]
   step = length / scaled
   support_scale = xp.maximum(step, 1.0)
   center = start + (i + offset + 0.5) * step
@@ -315,8 +310,8 @@ def random_resized_crop_jax(key: jax.Array, images: jax.Array, *, size: int,
     float32 ``[B, size, size, C]`` in [0, 255].
   """
   b, h, w, _ = _check_batch(images, uint8=True)
-  scale = _check_range(scale, "scale")
-  ratio = _check_range(ratio, "ratio")
+  scale = check_range(scale, "scale")
+  ratio = check_range(ratio, "ratio")
   k_box, k_flip = jax.random.split(key)
   u = jax.random.uniform(k_box, (b, _RRC_UNIFORMS))
   boxes = rrc_boxes(jnp, u, height=h, width=w, scale=scale, ratio=ratio)
@@ -353,8 +348,8 @@ def random_resized_crop_np(images: np.ndarray, rng: np.random.Generator, *,
   """
   b, h, w, c = _check_batch(images, uint8=True, channels=(1, 3))
   size = _check_size(size)
-  scale = _check_range(scale, "scale")
-  ratio = _check_range(ratio, "ratio")
+  scale = check_range(scale, "scale")
+  ratio = check_range(ratio, "ratio")
   _check_interpolation(interpolation)
   boxes = rrc_boxes(np, rng.random((b, _RRC_UNIFORMS)), height=h, width=w,
                     scale=scale, ratio=ratio)
@@ -645,8 +640,8 @@ def random_erasing_jax(key: jax.Array, images: jax.Array, *, prob: float = 0.25,
     raise ValueError(f"`mode` must be one of {ERASING_MODES}, got {mode!r}.")
   if not 0.0 <= prob <= 1.0:
     raise ValueError(f"`prob` must be in [0, 1], got {prob!r}.")
-  area = _check_range(area, "area", high=1.0)
-  aspect = _check_range(aspect, "aspect")
+  area = check_range(area, "area", high=1.0)
+  aspect = check_range(aspect, "aspect")
   if prob == 0.0:
     return images
   k_box, k_fill = jax.random.split(key)
