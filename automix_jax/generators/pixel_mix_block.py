@@ -23,6 +23,7 @@ bilinearly. With the defaults every option is off and the module is AutoMix's.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Sequence
 
@@ -114,8 +115,11 @@ class PixelMixBlock(nn.Module):
   value_reduction: int = 0
   dtype: Any = jnp.float32
 
-  def _check_samix_options(self) -> None:
-    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+  def check_options(self) -> None:
+    """Raises ``ValueError`` for an invalid or inconsistent SAMix option (also
+    run by ``__call__``, before any compute)."""
+    real = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                      and math.isfinite(v))
     if not real(self.lam_mul) or not 0.0 <= self.lam_mul <= 1.0:
       raise ValueError(f"`lam_mul` must be a number in [0, 1] (0: off, 1: "
                        f"SAMix); got {self.lam_mul!r}.")
@@ -165,7 +169,7 @@ class PixelMixBlock(nn.Module):
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
     G.check_index_vector(index, b, arg="index")
-    self._check_samix_options()
+    self.check_options()
     if self.lam_concat or self.lam_mul > 0:
       if lam is None:
         raise ValueError("`lam` (scalar or [B]) is required when lam_concat=True "
