@@ -1,7 +1,7 @@
 """AutoMix's Mix Block (Liu et al., "AutoMix: Unveiling the Power of Mixup for
 Stronger Classifiers", ECCV 2022, arXiv 2103.13027) and its SAMix options (Li et
-al., "Boosting Discriminative Visual Representation Learning with Scenario-Agnostic
-Mixup", arXiv 2111.15454, 2021).
+al., "Boosting Discriminative Visual Representation Learning with
+Scenario-Agnostic Mixup", arXiv 2111.15454, 2021).
 
 Behaviour follows OpenMixup's ``PixelMixBlock`` as established by running it
 (OpenMixup, github.com/Westlake-AI/openmixup): one shared 1x1 ``query`` conv embeds both the
@@ -40,7 +40,7 @@ def automix_scale(image_width: int, mask_layer: int = 2) -> int:
   return 2 ** mask_layer if image_width <= 64 else 2 ** (2 + mask_layer)
 
 
-# The reference caps the rescaling constant k at 10 (``PixelMixBlock.__init__``).
+# The reference caps the rescaling constant k at 10 (its ``__init__``).
 MAX_LAM_MUL_K = 10.0
 
 
@@ -61,10 +61,10 @@ def samix_rescale_lam(lam: Any, k: float) -> jax.Array:
 class ValueNet(nn.Module):
   """SAMix's value network ``conv1x1 -> BN -> ELU -> conv1x1`` to one channel.
 
-  OpenMixup's ``ConvNeck(num_layers=2, kernel_size=1, with_bias=False)`` with its
-  default BN and ELU, no norm or dropout after the last conv. BatchNorm uses the
-  batch statistics: the reference's Mix Block only ever runs in train mode, so
-  its running statistics are never read (callers discard the ``batch_stats``).
+  OpenMixup's ``ConvNeck(num_layers=2, kernel_size=1, with_bias=False)`` with
+  its default BN and ELU, no norm or dropout after the last conv. BatchNorm uses
+  the batch statistics: the reference's Mix Block only ever runs in train mode,
+  so its running statistics are never read (callers discard ``batch_stats``).
   """
   hidden: int
   dtype: Any = jnp.float32
@@ -172,8 +172,8 @@ class PixelMixBlock(nn.Module):
     self.check_options()
     if self.lam_concat or self.lam_mul > 0:
       if lam is None:
-        raise ValueError("`lam` (scalar or [B]) is required when lam_concat=True "
-                         "or lam_mul > 0.")
+        raise ValueError("`lam` (scalar or [B]) is required when "
+                         "lam_concat=True or lam_mul > 0.")
       lam_shape = tuple(jnp.shape(lam))
       if lam_shape not in ((), (b,)):
         raise ValueError(f"`lam` must be a scalar or [B] = ({b},); got {lam_shape}.")

@@ -214,7 +214,8 @@ class AutoMix(L.LearnedMixingBase):
     """``CE(p_mb, ỹ_mb) + w_mask · L1(s_mb)`` and its metrics.
 
     Args:
-      teacher_logits: ``[B, K]`` head-``mix`` logits of the teacher on ``x̃_mb``.
+      teacher_logits: ``[B, K]`` the teacher's head-``mix`` logits on
+        ``x̃_mb``.
       s_mb: ``[B, H, W, 1]`` the generator's partner weight.
       ctx: :meth:`prepare`'s dict (``y_mb``, ``lam_mb``, ``mask_w``).
     """

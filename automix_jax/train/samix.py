@@ -1,31 +1,33 @@
-"""SAMix (Li et al., "Boosting Discriminative Visual Representation Learning with
-Scenario-Agnostic Mixup", arXiv 2111.15454, 2021) as a pure training method.
+"""SAMix (Li et al., "Boosting Discriminative Visual Representation Learning
+with Scenario-Agnostic Mixup", arXiv 2111.15454, 2021) as a pure training
+method.
 
 SAMix's supervised form is AutoMix's iteration (``train/automix.py``) with other
-Mix Block options and losses: the authors train it with OpenMixup's ``AutoMixup``
-classifier (``openmixup/models/classifiers/automix.py``), configured by
-``configs/classification/cifar100/samix/`` (github.com/Westlake-AI/openmixup;
-``mix_mode="samix"`` of ``MixUpClassification`` is not implemented there). What
-differs from AutoMix:
+Mix Block options and losses: the authors train it with OpenMixup's
+``AutoMixup`` classifier (``openmixup/models/classifiers/automix.py``),
+configured by ``configs/classification/cifar100/samix/``
+(github.com/Westlake-AI/openmixup; ``mix_mode="samix"`` of
+``MixUpClassification`` is not implemented there). What differs from AutoMix:
 
 * Mix Block (``generators.PixelMixBlock`` options, ``pmix_block.py``): features
   rescaled by the adjusted ``λ̂`` (``lam_mul=1, lam_residual, lam_mul_k=0.25``),
-  query and key convs on ``concat(x, x[π])`` (``x_qk_concat``), a conv-BN-ELU-conv
-  value net with C/2 hidden channels, bilinear upsampling.
-* Generator loss: the teacher's head-``mix`` cross-entropy is OpenMixup's soft CE
-  with ``neg_weight`` η (``ClsMixupHead(multi_label=True, neg_weight=0.5)``, "eta
-  in SAMix"): each class term ``-ỹ_k log p_k`` is weighted 1 on the mixed
-  classes (``λ y + (1-λ) y[π] > 0``) and η elsewhere (:func:`eta_soft_ce`).
-  With one-hot targets the other classes' terms are zero, so η changes nothing
-  (the reference's CIFAR setting); it weights the smoothed mass under label
-  smoothing.
-* Mask loss ``"L1+Variance"``: ``max(|1 - λ - mean(s)| - m, 0) - 2 Var(s)``, the
-  variance over batch and pixels around the global mean (:func:`mask_variance`).
-* ``mask_adjust`` p: with probability p per step, the classifier's detached mask
-  is rescaled per sample so its own-image mean equals λ (:func:`adjust_mask_mean`),
-  before the λ-margin test. The reference rescales towards λ_mb, the
-  *generator's* λ (``lam[0]``), while the label uses λ_bb; ``mask_adjust_lam``
-  ("mb" = the reference | "bb") chooses.
+  query and key convs on ``concat(x, x[π])`` (``x_qk_concat``), a
+  conv-BN-ELU-conv value net with C/2 hidden channels, bilinear upsampling.
+* Generator loss: the teacher's head-``mix`` cross-entropy is OpenMixup's soft
+  CE with ``neg_weight`` η (``ClsMixupHead(multi_label=True,
+  neg_weight=0.5)``, "eta in SAMix"): each class term ``-ỹ_k log p_k`` is
+  weighted 1 on the mixed classes (``λ y + (1-λ) y[π] > 0``) and η elsewhere
+  (:func:`eta_soft_ce`). With one-hot targets the other classes' terms are
+  zero, so η changes nothing (the reference's CIFAR setting); it weights the
+  smoothed mass under label smoothing.
+* Mask loss ``"L1+Variance"``: ``max(|1 - λ - mean(s)| - m, 0) - 2 Var(s)``,
+  the variance over batch and pixels around the global mean
+  (:func:`mask_variance`).
+* ``mask_adjust`` p: with probability p per step, the classifier's detached
+  mask is rescaled per sample so that its own-image mean equals λ
+  (:func:`adjust_mask_mean`), before the λ-margin test. The reference rescales
+  towards λ_mb, the *generator's* λ (``lam[0]``), while the label uses λ_bb;
+  ``mask_adjust_lam`` ("mb" = the reference | "bb") chooses.
 
 Config block ``config.samix`` (configs/samix/cifar100.py documents each key):
 AutoMix's keys plus ``eta, mask_loss_mode ("L1" | "L1+Variance"), mask_adjust,
@@ -86,8 +88,8 @@ def mask_variance(s: jax.Array) -> jax.Array:
 
 
 def adjust_mask_mean(s: jax.Array, lam: jax.Array) -> jax.Array:
-  """Rescales each partner mask ``s`` ``[B, H, W, 1]`` so that its own-image mean
-  is λ (OpenMixup ``AutoMixup.pixel_mixup``, ``mask_adjust``).
+  """Rescales each partner mask ``s`` ``[B, H, W, 1]`` so that its own-image
+  mean is λ (OpenMixup ``AutoMixup.pixel_mixup``, ``mask_adjust``).
 
   With ``m = clip(1 - s, ε, 1 - ε)`` and ``μ_b = mean(m_b)``: if ``μ_b > λ + ε``
   the own weight becomes ``m λ / μ_b``; if ``μ_b < λ - ε`` the partner weight
@@ -113,7 +115,7 @@ def adjust_mask_mean(s: jax.Array, lam: jax.Array) -> jax.Array:
 
 
 class SAMix(automix.AutoMix):
-  """AutoMix's step with SAMix's Mix Block and losses; see the module docstring."""
+  """AutoMix's step with SAMix's Mix Block and losses (module docstring)."""
 
   block_name = "samix"
 
@@ -144,7 +146,7 @@ class SAMix(automix.AutoMix):
     return opts
 
   def draw(self, key: jax.Array, batch_size: int) -> dict:
-    """AutoMix's draws plus the ``mask_adjust`` coin (bool scalar ``adjust``)."""
+    """AutoMix's draws plus the ``mask_adjust`` coin (bool ``adjust``)."""
     k_automix, k_adjust = jax.random.split(key)
     d = super().draw(k_automix, batch_size)
     d["adjust"] = jax.random.uniform(k_adjust) < self.mask_adjust
@@ -173,8 +175,8 @@ class SAMix(automix.AutoMix):
                              eta=self.eta)
     mask_l1 = self.bounded_l1(s_mb, ctx["lam_mb"])
     mask_var = mask_variance(s_mb)
-    mask_loss = (mask_l1 - 2.0 * mask_var if self.mask_loss_mode == "L1+Variance"
-                 else mask_l1)
+    variance_term = self.mask_loss_mode == "L1+Variance"
+    mask_loss = mask_l1 - 2.0 * mask_var if variance_term else mask_l1
     return ce_teacher + ctx["mask_w"] * mask_loss, {
         "ce_teacher_mix": ce_teacher, "mask_loss": mask_loss,
         "mask_l1": mask_l1, "mask_var": mask_var, "mask_mean": jnp.mean(s_mb),

@@ -76,7 +76,8 @@ def _hand_partner_logits(params, feats, index, lam, k=0.25):
   partner = x[np.asarray(index)] * (1 + (1 - lam_hat))
   w = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   kernel = lambda p: p["kernel"][0, 0]      # 1x1 conv [1, 1, in, out] -> matmul
-  # Value: conv1x1 (no bias) -> BN (batch statistics, biased var) -> ELU -> conv.
+  # Value: conv1x1 (no bias) -> BN (batch statistics, biased var) -> ELU ->
+  # conv1x1 (no bias).
   hid = partner @ kernel(w["value"]["conv_hidden"])
   mu = hid.mean(axis=(0, 1, 2))
   var = hid.var(axis=(0, 1, 2))
@@ -184,8 +185,8 @@ def test_eta_ce_with_one_hot_targets_is_the_mixup_ce(eta):
 
 
 def test_eta_ce_weights_the_other_classes_by_eta():
-  """Label-smoothed targets (ε = 0.2 over K = 4): the mass on the classes outside
-  the mix is weighted by η."""
+  """Label-smoothed targets (ε = 0.2 over K = 4): the mass on the classes
+  outside the mix is weighted by η."""
   lam, eps = 0.3, 0.2
   hard = np.array([[lam, 1 - lam, 0, 0], [0, 0, 0, 1]], np.float64)
   smooth = hard * (1 - eps) + eps / 4
@@ -196,7 +197,8 @@ def test_eta_ce_weights_the_other_classes_by_eta():
       for k in range(4):
         weight = 1.0 if hard[b, k] > 0 else eta
         want -= weight * smooth[b, k] * logp[b, k] / 2
-    got = samix.eta_soft_ce(jnp.asarray(LOGITS), jnp.asarray(smooth, jnp.float32),
+    got = samix.eta_soft_ce(jnp.asarray(LOGITS),
+                            jnp.asarray(smooth, jnp.float32),
                             jnp.asarray(hard > 0), eta=eta)
     assert float(got) == pytest.approx(want, rel=1e-6)
   with pytest.raises(ValueError, match="positive"):
@@ -220,7 +222,8 @@ def test_generator_loss_is_eta_ce_plus_l1_minus_twice_the_variance():
   ctx = {"y_mb": jnp.asarray(targets), "positive_mb": jnp.asarray(targets > 0),
          "lam_mb": jnp.asarray(lam), "mask_w": jnp.float32(0.1),
          "adjust": jnp.asarray(False)}
-  loss, metrics = method.generator_loss(jnp.asarray(LOGITS), jnp.asarray(s), ctx)
+  loss, metrics = method.generator_loss(jnp.asarray(LOGITS), jnp.asarray(s),
+                                        ctx)
   logp = _log_softmax(LOGITS)
   ce = -0.5 * (lam * logp[0, 0] + (1 - lam) * logp[0, 1]
                + lam * logp[1, 1] + (1 - lam) * logp[1, 2])
@@ -285,20 +288,20 @@ def setup():
   return S.setup(samix.SAMix, S.tiny(cifar10_cpu.get_config(), "samix", {}))
 
 
-def _jacobian_probe(method, state, batch, key):
-  """Both losses' gradients from one ``jacrev``, the update they make, and the
-  generator loss re-done from explicit teacher passes."""
+def _two_gradients_probe(method, state, batch, key):
+  """Each loss's gradient (one VJP pulled back twice), the update they make,
+  and the generator loss re-done from explicit teacher passes."""
   ctx = method.prepare(state, batch, jax.random.fold_in(key, state.step))
 
   def both(params):
     l_cls, l_gen, aux = method.losses(params, state, ctx)
     return jnp.stack([l_cls, l_gen]), aux
 
-  jac, aux = jax.jacrev(both, has_aux=True)(state.params)
-  grad_of = lambda i: jax.tree.map(lambda g: g[i], jac)
-  total = jax.tree.map(lambda g: g[0] + g[1], jac)
-  new_state, _ = method.apply_update(state, total, aux["stats"],
-                                     aux["teacher_stats"])
+  _, pullback, aux = jax.vjp(both, state.params, has_aux=True)
+  g_cls, g_gen = (pullback(jnp.asarray(e, jnp.float32))[0]
+                  for e in ([1, 0], [0, 1]))
+  new_state, _ = method.apply_update(state, jax.tree.map(jnp.add, g_cls, g_gen),
+                                     aux["stats"], aux["teacher_stats"])
   # By hand: the teacher (train-mode BN, stats chained from the clean pass)
   # on x(1 - s) + x[π]s, λ-weighted CE, 0.1 (L1 - 2 Var).
   s, perm, lam = aux["s_mb"], ctx["perm_mb"], ctx["lam_mb"]
@@ -314,7 +317,7 @@ def _jacobian_probe(method, state, batch, key):
   mean = jnp.mean(s)
   mask_term = (jnp.maximum(jnp.abs(1 - lam - mean) - 0.1, 0.0)
                - 2 * jnp.mean((s - mean) ** 2))
-  return {"g_cls": grad_of(0), "g_gen": grad_of(1), "new_state": new_state,
+  return {"g_cls": g_cls, "g_gen": g_gen, "new_state": new_state,
           "l_gen": aux["metrics"]["loss_generator"],
           "l_gen_hand": ce + 0.1 * mask_term}
 
@@ -323,7 +326,7 @@ def _jacobian_probe(method, state, batch, key):
 def probe(setup):
   method, state, batch = setup
   return jax.device_get(jax.jit(
-      lambda st, b: _jacobian_probe(method, st, b, jax.random.key(1)))(
+      lambda st, b: _two_gradients_probe(method, st, b, jax.random.key(1)))(
           state, batch))
 
 
@@ -374,13 +377,15 @@ def test_mask_adjust_rescales_the_classifier_mask(setup):
 
 @pytest.fixture(scope="module")
 def sharded_run(setup):
-  return S.run_sharded(*setup)
+  """Three jitted steps on 8 fake devices (``run_sharded``: one trace)."""
+  method, state, batch = setup
+  return S.run_sharded(method, state, batch, steps=3)
 
 
 def test_sharded_steps_trace_once_and_train_the_mix_block(sharded_run):
   states, metrics = sharded_run
-  assert [int(s.step) for s in states] == [0, 1, 2, 3]
-  assert all(bool(m["finite"]) for m in metrics)
+  assert np.array_equal([st.step for st in states], np.arange(4))
+  assert np.all([m["finite"] for m in metrics])
   assert {"mask_var", "mask_l1", "mask_adjust", "ce_teacher_mix"} <= set(
       metrics[0])
   first, last = (S.leaves(st.params["generator"]) for st in (states[0],
