@@ -48,12 +48,14 @@ ONLINE_VARIANT = "online_one"
 
 # Display order and names of the methods this repository trains; other method
 # directory names sort after these, alphabetically.
-LEARNED = ("automix", "adautomix")  # report their EMA teacher, as the paper
+# The learned methods report their EMA teacher, as the papers do.
+LEARNED = ("automix", "samix", "adautomix")
 METHOD_ORDER = ("vanilla", "mixup", "cutmix", "fmix", "resizemix", "automix",
-                "adautomix")
+                "samix", "adautomix")
 DISPLAY = {"vanilla": "Vanilla", "mixup": "MixUp", "cutmix": "CutMix",
            "fmix": "FMix", "resizemix": "ResizeMix", "automix": "AutoMix",
-           "adautomix": "AdAutoMix", "saliencymix": "SaliencyMix",
+           "samix": "SAMix", "adautomix": "AdAutoMix",
+           "saliencymix": "SaliencyMix",
            "gridmix": "GridMix", "smoothmix": "SmoothMix",
            "maskmix": "MaskMix"}
 

@@ -55,8 +55,8 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
-  if config.method not in ("automix", "adautomix"):
-    raise ValueError(f"`config` must be an AutoMix/AdAutoMix config; "
+  if config.method not in ("automix", "samix", "adautomix"):
+    raise ValueError(f"`config` must be an AutoMix/SAMix/AdAutoMix config; "
                      f"{spec!r} has method {config.method!r}.")
   return config
 
@@ -118,7 +118,7 @@ def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
   feats = out["stages"][method.mask_layer]
   ids = jnp.arange(b, dtype=jnp.int32)
   gen_params = state.params["generator"]
-  if method.block_name == "automix":
+  if method.block_name in ("automix", "samix"):   # two-way PixelMixBlock
     lam_v = jnp.float32(0.5 if lam is None else lam[0])
     index = jnp.roll(ids, -1)
     s = method.mask(gen_params, feats, index, lam_v, image_hw)
