@@ -27,6 +27,7 @@ from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, Augment,
                                       random_crop_flip_np, resize_jax)
 from automix_jax.data.augment import from_config as augment_from_config
 from automix_jax.data.offline import (CIFAR10_CLASSES, ArraySource,
+                                      distinct_class_indices,
                                       load_cifar10_archive, subset_per_class)
 from automix_jax.data.pipeline import TrainIterator, eval_batches
 from automix_jax.data.tfds_source import TfdsSource, open_tfds
@@ -36,7 +37,8 @@ ARCHIVE_NAME = "cifar10_archive"
 __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
     "TfdsSource", "TrainIterator", "augment_from_config", "augment_jax",
-    "build_sources", "eval_batches", "eval_transform", "fingerprint",
+    "build_sources", "distinct_class_indices", "eval_batches",
+    "eval_transform", "fingerprint",
     "load_cifar10_archive", "normalize_np", "open_tfds", "randaugment_np",
     "random_crop_flip_np", "resize_jax", "subset_per_class",
 ]
