@@ -90,6 +90,64 @@ def test_disabled_writer_writes_nothing(tmp_path):
   assert (tmp_path / "on" / "metrics.jsonl").exists()
 
 
+def test_tensorboard_scalars_are_the_jsonl_values(tmp_path):
+  from tests import _tb_events
+  with metrics.MetricWriter(tmp_path, enabled=True, tensorboard=True) as w:
+    assert w.tensorboard
+    w.write(1, {"train/loss": jnp.float32(2.5), "train/lr": 0.1, "ok": True,
+                "name": "text stays in the JSONL"})
+    w.write(2, {"train/loss": float("nan"), "eval/ema_one/top1": 81.25})
+    w.write(3, {"final/fgsm_top1": np.float64(12.5), "count": 7})
+  got = _tb_events.scalars(tmp_path)
+  assert sorted(got) == ["count", "eval/ema_one/top1", "final/fgsm_top1",
+                         "ok", "train/loss", "train/lr"]
+  assert got["train/loss"][0] == (1, 2.5) and got["train/loss"][1][0] == 2
+  assert np.isnan(got["train/loss"][1][1])
+  assert got["train/lr"] == [(1, np.float32(0.1))]
+  assert got["ok"] == [(1, 1.0)] and got["count"] == [(3, 7.0)]
+  assert got["final/fgsm_top1"] == [(3, 12.5)]
+  assert len(_tb_events.event_files(tmp_path)) == 1
+
+
+def test_tensorboard_images_and_what_opens_no_event_file(tmp_path):
+  from tests import _tb_events
+  img = np.zeros((6, 5, 4), np.uint8)
+  img[..., 0] = 255
+  with metrics.MetricWriter(tmp_path / "on", enabled=True,
+                            tensorboard=True, purge_step=4) as w:
+    w.write_images(4, {"masks": img})
+    for bad in ({"masks": img.astype(np.float32)}, {"masks": img[..., :2]},
+                {"masks": img[0]}, {1: img}, [img]):
+      with pytest.raises(ValueError, match="images"):
+        w.write_images(5, bad)
+  (step, h, w_, png), = _tb_events.images(tmp_path / "on")["masks"]
+  assert (step, h, w_) == (4, 6, 5) and png.startswith(b"\x89PNG")
+  events = _tb_events.read_events(_tb_events.event_files(tmp_path / "on")[0])
+  assert [e.step for e in events if e.HasField("session_log")] == [4]
+  # A writer that writes nothing, one without tensorboard and a disabled
+  # one leave no event file.
+  metrics.MetricWriter(tmp_path / "idle", enabled=True,
+                       tensorboard=True).close()
+  with metrics.MetricWriter(tmp_path / "jsonl", enabled=True) as w:
+    w.write(1, {"a": 1.0})
+    w.write_images(1, {"masks": img})
+  with metrics.MetricWriter(tmp_path / "off", enabled=False,
+                            tensorboard=True) as w:
+    w.write(1, {"a": 1.0})
+    w.write_images(1, {"masks": img})
+  for d in ("idle", "jsonl", "off"):
+    assert _tb_events.event_files(tmp_path / d) == [], d
+
+
+def test_figure_to_rgb():
+  from matplotlib import figure
+  fig = figure.Figure(figsize=(2, 1), dpi=50)
+  fig.patch.set_facecolor((1.0, 0.0, 0.0))
+  rgb = metrics.figure_to_rgb(fig)
+  assert rgb.shape == (50, 100, 3) and rgb.dtype == np.uint8
+  assert (rgb == [255, 0, 0]).all()
+
+
 def test_write_summary_atomic(tmp_path):
   with metrics.MetricWriter(tmp_path, enabled=True) as w:
     w.write_summary({"reported_top1": np.float32(81.5), "hist": jnp.arange(3),
