@@ -270,3 +270,57 @@ def test_plot_run_malformed_lines(tmp_path):
     f.write('\n{"step": 10}\n')               # now a malformed middle line
   with pytest.raises(ValueError, match=r"metrics.jsonl:7"):
     plot_run.load_metrics(str(tmp_path / "r"))
+
+
+def _write_lines(run_dir, lines):
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, metrics.METRICS_FILE), "w") as f:
+    f.write("".join(json.dumps(l) + "\n" for l in lines))
+
+
+def _line_of(ax, label):
+  lines = [l for l in ax.lines if l.get_label() == label]
+  assert len(lines) == 1, [l.get_label() for l in ax.lines]
+  return lines[0]
+
+
+def test_plot_run_loss_panel_is_the_classifier_loss(tmp_path):
+  """AdAutoMix logs train/loss = classifier + generator loss; the panel shows
+  its classifier loss, and a static run's train/loss."""
+  plot_run = _plot_module()
+  cls, gen = [2.0, 1.5, 1.2], [0.9, -0.4, 0.8]
+  _write_lines(tmp_path / "adautomix", [
+      {"step": s + 1, "train/loss": c + g, "train/loss_classifier": c,
+       "train/loss_generator": g, "train/lr": 0.1}
+      for s, (c, g) in enumerate(zip(cls, gen))])
+  _write_lines(tmp_path / "mixup", [
+      {"step": s + 1, "train/loss": 1.0 / (s + 1), "train/lr": 0.1}
+      for s in range(3)])
+  fig = plot_run.make_figure([str(tmp_path / "adautomix"),
+                              str(tmp_path / "mixup")])
+  ax_loss = fig.axes[0]
+  learned = _line_of(ax_loss, "adautomix (classifier loss)")
+  np.testing.assert_array_equal(learned.get_ydata(), cls)
+  np.testing.assert_array_equal(_line_of(ax_loss, "mixup").get_ydata(),
+                                [1.0, 0.5, 1.0 / 3])
+  assert "classifier" in ax_loss.get_title()
+  plot_run.plt.close(fig)
+
+
+def test_plot_run_one_point_series_has_a_visible_marker(tmp_path):
+  plot_run = _plot_module()
+  _write_lines(tmp_path / "short", [
+      {"step": 5, "train/loss": 2.0, "train/lr": 0.1, "epoch": 1.0},
+      {"step": 5, "epoch": 1.0, "eval/online_one/top1": 12.0}])
+  _write_lines(tmp_path / "long", [
+      {"step": s, "train/loss": 2.0, "train/lr": 0.1} for s in (1, 2)])
+  fig = plot_run.make_figure([str(tmp_path / "short"), str(tmp_path / "long")])
+  ax_loss, ax_top1, ax_lr = fig.axes
+  for ax, label in ((ax_loss, "short"), (ax_lr, "short"),
+                    (ax_top1, "short: online_one")):
+    line = _line_of(ax, label)
+    assert len(line.get_xdata()) == 1
+    assert line.get_marker() == "o" and line.get_markersize() >= 5, label
+  # Longer series stay plain lines.
+  assert _line_of(ax_loss, "long").get_marker() in ("None", None, "")
+  plot_run.plt.close(fig)
