@@ -56,3 +56,37 @@ def test_bad_shapes_raise():
     vm.mask_statistics(np.zeros((2, 3, 4)), np.zeros(3))
   with pytest.raises(ValueError, match="lam"):
     vm.mask_statistics(np.zeros((2, 3, 4, 4)), np.zeros(2))
+
+
+def test_mask_figure_names_the_own_image_and_carries_a_colour_bar(tmp_path):
+  b, n, hw = 3, 3, 4
+  rng = np.random.default_rng(0)
+  masks = rng.dirichlet(np.ones(n), size=(b, hw, hw)).transpose(0, 3, 1, 2)
+  result = {"sources": rng.normal(size=(b, n, hw, hw, 3)), "masks": masks,
+            "mixed": rng.normal(size=(b, hw, hw, 3)),
+            "lam": np.full(n, 1 / n)}
+  names = ("plane", "car", "bird")
+  path = vm.plot(result, str(tmp_path / "m.png"), mean=(0.5,) * 3,
+                 std=(0.2,) * 3, labels=np.array([2, 0, 1]), class_names=names)
+  assert (tmp_path / "m.png").stat().st_size > 1000
+  from automix_jax.train import mask_images
+  fig = mask_images.mask_figure(result, mean=(0.5,) * 3, std=(0.2,) * 3,
+                                labels=np.array([2, 0, 1]), class_names=names)
+  grid = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
+  bars = [ax for ax in fig.axes if ax not in grid]
+  assert len(bars) == 1 and "own image" in bars[0].get_ylabel()
+  assert len(grid) == b * (2 * n + 1)
+  first = sorted((ax for ax in grid if ax.get_subplotspec().rowspan.start == 0),
+                 key=lambda ax: ax.get_subplotspec().colspan.start)
+  assert first[0].get_title().startswith("x0: own image")
+  assert first[n].get_title() == "mask 0 (own)"
+  for ax in first[n:2 * n]:
+    im = ax.images[0]
+    assert im.get_cmap().name == "gray" and im.get_clim() == (0.0, 1.0)
+  rows = sorted((ax for ax in grid if ax.get_subplotspec().colspan.start == 0),
+                key=lambda ax: ax.get_subplotspec().rowspan.start)
+  assert [ax.get_ylabel() for ax in rows] == ["bird", "plane", "car"]
+  assert "own image" in fig._suptitle.get_text()
+  with pytest.raises(ValueError, match="result"):
+    mask_images.mask_figure({**result, "lam": np.ones(2)}, mean=(0.5,) * 3,
+                            std=(0.2,) * 3)
