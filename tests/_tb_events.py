@@ -40,25 +40,27 @@ def read_events(path):
   return events
 
 
-def scalars(logdir):
-  """``{tag: [(step, value), ...]}`` over every event file of ``logdir``."""
-  out = {}
+def _values(logdir, field):
+  """``(step, Summary.Value)`` of every value holding ``field``, in order."""
   for path in event_files(logdir):
     for e in read_events(path):
       for v in e.summary.value:
-        if v.HasField("simple_value"):
-          out.setdefault(v.tag, []).append((e.step, v.simple_value))
+        if v.HasField(field):
+          yield e.step, v
+
+
+def scalars(logdir):
+  """``{tag: [(step, value), ...]}`` over every event file of ``logdir``."""
+  out = {}
+  for step, v in _values(logdir, "simple_value"):
+    out.setdefault(v.tag, []).append((step, v.simple_value))
   return out
 
 
 def images(logdir):
   """``{tag: [(step, height, width, png_bytes), ...]}``."""
   out = {}
-  for path in event_files(logdir):
-    for e in read_events(path):
-      for v in e.summary.value:
-        if v.HasField("image"):
-          out.setdefault(v.tag, []).append(
-              (e.step, v.image.height, v.image.width,
-               v.image.encoded_image_string))
+  for step, v in _values(logdir, "image"):
+    out.setdefault(v.tag, []).append(
+        (step, v.image.height, v.image.width, v.image.encoded_image_string))
   return out
