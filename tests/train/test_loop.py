@@ -292,7 +292,7 @@ def test_learned_run_logs_mask_images_every_n_steps_only(tiny_archive,
   monkeypatch.setattr(mask_images.MaskImages, "render", counted)
   config = cpu_config(tiny_archive, arg="images_per_class=0",
                       module=automix_cpu, log_images_every_steps=2,
-                      **{"final_evals.ece": False})
+                      eval_every_epochs=2, **{"final_evals.ece": False})
   workdir = tmp_path / "automix"
   loop.train_and_evaluate(config, str(workdir))
   assert calls == [2, 4]
