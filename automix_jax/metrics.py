@@ -6,7 +6,8 @@ in big_vision. One writer, `MetricWriter`, takes every scalar the trainer logs
 and writes it to `metrics.jsonl` (the source of truth, read by
 `scripts/plot_run.py`) and, with `tensorboard=True`, to a TensorBoard event
 file in the same directory (`<workdir>/events.out.tfevents.*`, through
-`tensorboardX`, which needs neither TensorFlow nor PyTorch: protobuf and numpy).
+`tensorboardX`, which needs neither TensorFlow nor PyTorch: protobuf and numpy;
+it does import PyTorch where that is installed, ~1 s once, on process 0 only).
 View with `tensorboard --logdir <workdir or its parent>`. Images (the learned
 methods' mask grids) go to TensorBoard only (`MetricWriter.write_images`).
 
@@ -73,7 +74,8 @@ SUMMARY_FILE = "summary.json"
 TB_EVENTS_GLOB = "events.out.tfevents.*"   # TensorBoard's file naming
 TB_FLUSH_SECS = 10
 # Events queued for the writer thread before `write` blocks (tensorboardX
-# default 10: a 20-scalar line would wait for the disk, ~6 ms a line here).
+# default 10: a 20-scalar line waited for the disk, ~6 ms a line in a tight
+# loop here).
 TB_MAX_QUEUE = 1000
 
 
