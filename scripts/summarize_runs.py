@@ -674,21 +674,31 @@ def render(runs: list[dict], *, run_root: str, command: str,
 # ---------------------------------------------------------------------------
 
 
-def plot_overall(runs: list[dict], out: str) -> str:
+def _plot_run():
+  """scripts/plot_run.py (curves from metrics.jsonl), beside this script."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.insert(0, here)
+  import plot_run  # pylint: disable=g-import-not-at-top
+  return plot_run
+
+
+def overall_figure(runs: list[dict]):
   """Test top-1 per epoch of each given run (EMA, else online; and online)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plot_run = _plot_run()
+  plt = plot_run.plt
   fig, (ax_r, ax_o) = plt.subplots(1, 2, figsize=(13, 4.5))
   for r in runs:
     ep = [h["epoch"] for h in r["history"]]
     var = EMA_VARIANT if r["has_ema"] else ONLINE_VARIANT
     ys = [h["variants"].get(var, {}).get("top1") for h in r["history"]]
-    ax_r.plot(ep, ys, marker=".", ms=3, lw=1,
-              label=display(r["method"]) + ("" if r["has_ema"] else " †"))
+    plot_run.plot_series(
+        ax_r, ep, ys, marker=".", ms=3, lw=1,
+        label=display(r["method"]) + ("" if r["has_ema"] else " †"))
     ys = [h["variants"].get(ONLINE_VARIANT, {}).get("top1")
           for h in r["history"]]
-    ax_o.plot(ep, ys, marker=".", ms=3, lw=1, label=display(r["method"]))
+    plot_run.plot_series(ax_o, ep, ys, marker=".", ms=3, lw=1,
+                         label=display(r["method"]))
   ax_r.set_title("test top-1, EMA teacher († online: no EMA)")
   ax_o.set_title("test top-1, online model")
   for ax in (ax_r, ax_o):
@@ -698,16 +708,21 @@ def plot_overall(runs: list[dict], out: str) -> str:
     if ax.lines:
       ax.legend(fontsize=7)
   fig.tight_layout()
+  return fig
+
+
+def plot_overall(runs: list[dict], out: str) -> str:
+  """Writes ``overall_figure(runs)`` to the PNG ``out``; returns it."""
+  fig = overall_figure(runs)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110, metadata={"Software": None})
-  plt.close(fig)
+  _plot_run().plt.close(fig)
   return out
 
 
 def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
   """One PNG per method (its seeds) + one overall PNG of the lowest seed."""
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import plot_run  # pylint: disable=g-import-not-at-top
+  plot_run = _plot_run()
   out: dict[str, str] = {}
   by_method: dict[str, list[dict]] = {}
   for r in runs:

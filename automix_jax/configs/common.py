@@ -119,6 +119,8 @@ def base_config() -> mlc.ConfigDict:
   c.final_evals = mlc.ConfigDict({"ece": True, "fgsm": True,
                                   "fgsm_eps": 8.0 / 255, "ece_bins": 10})
   c.progress_bar = True
+  c.tensorboard = True            # also TensorBoard event files in the workdir
+  c.log_images_every_steps = 0    # > 0: learned methods' mask grids (TensorBoard)
 
   c.model = mlc.ConfigDict({"name": "cifar_resnet18", "width": 1.0,
                             "kwargs": mlc.ConfigDict()})
@@ -176,6 +178,11 @@ def openmixup_cifar100(c: mlc.ConfigDict, *, min_lr: float) -> mlc.ConfigDict:
   return c
 
 
+# Learned methods: mask images every 1000 steps (2 epochs of CIFAR at batch
+# 100); each costs one teacher + generator pass on 8 images and a figure.
+LEARNED_MASK_IMAGES_EVERY = 1000
+
+
 def automix_ema(c: mlc.ConfigDict, *, enabled: bool = True) -> mlc.ConfigDict:
   """AutoMix/AdAutoMix's CosineScheduleHook: 0.999 held for 10 % of the
   iterations, then a cosine rise to 0.999999 (CIFAR / Tiny-ImageNet)."""
@@ -196,6 +203,8 @@ def shrink_for_local_run(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.log_every_steps = 1
   c.report_last_epochs = 2
   c.checkpoint.every_steps = 10
+  if c.log_images_every_steps:
+    c.log_images_every_steps = 10
   return c
 
 
@@ -223,4 +232,5 @@ def offline_cpu_run(c: mlc.ConfigDict, arg: mlc.ConfigDict) -> mlc.ConfigDict:
   c.ema.end_momentum = arg.ema_end_momentum
   c.checkpoint.every_steps = 20
   c.checkpoint.keep = 2
+  c.log_images_every_steps = 20
   return c

@@ -137,6 +137,13 @@ class AdAutoMix(L.LearnedMixingBase):
     tested = lam_bb[:1] if self.margin_scope == "first" else lam_bb
     return jnp.any(jnp.logical_or(m >= tested, m > 1.0 - tested))
 
+  @property
+  def preview_sources(self) -> int:
+    return self.max_mix
+
+  def _preview_masks(self, gen_params, features, perms, lam, image_hw):
+    return self.masks(gen_params, features, perms, lam, image_hw)
+
   def masks(self, gen_params, features, perms, lam, image_hw):
     """``[B, H, W, N]`` masks for the sources ``x[perms[i]]`` (perms ``[N, B]``)."""
     return self.generator.apply({"params": gen_params}, features, perms.T, lam,

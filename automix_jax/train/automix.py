@@ -135,6 +135,10 @@ class AutoMix(L.LearnedMixingBase):
     del draws
     return s_bb
 
+  def _preview_masks(self, gen_params, features, perms, lam, image_hw):
+    s = self.mask(gen_params, features, perms[1], lam[0], image_hw)
+    return jnp.concatenate([1.0 - s, s], axis=-1)   # [own weight, partner's]
+
   @staticmethod
   def mix(images, s, index):
     # The reference's expression x(1 - s) + x[π] s, kept literally.

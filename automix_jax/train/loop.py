@@ -36,6 +36,7 @@ import numpy as np
 
 from automix_jax import metrics as metrics_lib
 from automix_jax import sharding
+from automix_jax.train import mask_images
 from automix_jax.train import methods
 
 SUMMARY_FILE = metrics_lib.SUMMARY_FILE
@@ -78,6 +79,7 @@ def check_config(config: Any, *, files: bool = True) -> None:
   if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
     raise ValueError(f"`config.stop_after_steps` must be an int >= 0; got "
                      f"{stop!r}.")
+  _check_logging(config)
   every = config.checkpoint.every_steps
   if isinstance(every, bool) or not isinstance(every, int) or every < 0:
     raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
@@ -98,6 +100,23 @@ def check_config(config: Any, *, files: bool = True) -> None:
           f"`config.data.archive_path` {path!r} does not exist (cwd "
           f"{os.getcwd()!r}). Point it at cifar10-jpeg.tar.gz, e.g. "
           "--config.data.archive_path=path/to/cifar10-jpeg.tar.gz.")
+
+
+def _check_logging(config: Any) -> None:
+  """``tensorboard`` a bool; ``log_images_every_steps`` an int >= 0, > 0 only
+  for a method with learned masks."""
+  tb = config.get("tensorboard", True)
+  if not isinstance(tb, bool):
+    raise ValueError(f"`config.tensorboard` must be True or False; got {tb!r}.")
+  every = config.get("log_images_every_steps", 0)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    raise ValueError(f"`config.log_images_every_steps` must be an int >= 0 "
+                     f"(0: off); got {every!r}.")
+  if every and not hasattr(methods.get(config.method), "preview_masks"):
+    raise ValueError(
+        f"`config.log_images_every_steps`={every}: method "
+        f"{config.method!r} has no learned masks to draw (automix and "
+        "adautomix do); set it to 0.")
 
 
 def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
@@ -229,6 +248,7 @@ def summarize(history: list[dict], *, reported_variant: str,
 # Keys that may change between a run and its resumption: they do not change
 # what is computed (logging, paths, when to stop or checkpoint, final evals).
 _RESUME_FREE_KEYS = ("stop_after_steps", "progress_bar", "log_every_steps",
+                     "tensorboard", "log_images_every_steps",
                      "eval_batch_size", "checkpoint", "final_evals",
                      "data.archive_path", "data.cache_dir", "data.tfds_data_dir")
 
@@ -438,7 +458,9 @@ class _Trainer:
                                 batch_size=run.eval_batch_size, mesh=mesh,
                                 data_config=config.data,
                                 num_bins=config.final_evals.ece_bins)
-    self.writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_chief)
+    self.writer = None  # opened in init_or_restore (a resume purges steps)
+    self.mask_images = mask_images.MaskImages.from_config(
+        config, method, data.test_source, mesh)
     self.preemption = multihost.PreemptionWatcher()
     self.state = None
     self.history: list[dict] = []
@@ -466,6 +488,10 @@ class _Trainer:
       self._last_saved = step
       logging.info("Resumed from step %d.", step)
     self.step = self.first_step = int(jax.device_get(self.state.step))
+    self.writer = metrics_lib.MetricWriter(
+        self.run.workdir, enabled=self.run.is_chief,
+        tensorboard=self.config.get("tensorboard", True),
+        purge_step=self.first_step or None)
 
   def stop_step(self) -> int:
     """The step this invocation trains to (``stop_after_steps`` or the end)."""
@@ -568,6 +594,13 @@ class _Trainer:
     logging.info("epoch %d: %s", epoch, res)
     self.throughput.start(self.step)  # the eval's time is not training time
 
+  def log_mask_images(self) -> None:
+    """The generator's masks on the fixed preview batch, to TensorBoard."""
+    self.flush()  # closes the throughput window before the preview's time
+    self.writer.write_images(self.step, self.mask_images.render(
+        self.state, title=f"{self.config.method}, step {self.step}"))
+    self.throughput.start(self.step)
+
   # -- loop -------------------------------------------------------------------
 
   def train(self) -> None:
@@ -595,6 +628,8 @@ class _Trainer:
         if (self.step % config.log_every_steps == 0 or end_of_epoch
             or self.step == stop_at):
           self.flush()
+        if self.mask_images is not None and self.mask_images.due(self.step):
+          self.log_mask_images()
         epoch = self.step // spe
         if end_of_epoch and (epoch % config.eval_every_epochs == 0
                              or self.step == total):
@@ -621,7 +656,8 @@ class _Trainer:
     self.preemption.close()
     self.data.train_iter.close()
     self.ckpt.close()  # waits for the asynchronous writes
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
   # -- summary ----------------------------------------------------------------
 

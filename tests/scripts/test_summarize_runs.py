@@ -195,3 +195,15 @@ def test_empty_root_is_a_clear_error(tmp_path, capsys):
                   str(tmp_path / "x.md"), "--no-curves"]) == 2
   assert "holds no runs" in capsys.readouterr().err
   assert not (tmp_path / "x.md").exists()
+
+
+def test_overall_curves_show_a_one_epoch_run(tmp_path):
+  runs = [sr.load_run(write_run(tmp_path, "mixup_seed0", [50.0], [48.0])),
+          sr.load_run(write_run(tmp_path, "cutmix_seed0", [40.0, 45.0],
+                                [41.0, 44.0]))]
+  fig = sr.overall_figure(runs)
+  for ax in fig.axes:
+    one = [l for l in ax.lines if len(l.get_xdata()) == 1]
+    assert len(one) == 1 and one[0].get_marker() == "o"
+    assert one[0].get_markersize() >= 5
+  sr._plot_run().plt.close(fig)

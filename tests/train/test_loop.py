@@ -1,5 +1,6 @@
 """End-to-end loop on a tiny offline archive: train, eval, summary, resume, NaN."""
 
+import io
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 
 from automix_jax.train import loop
 from configs import cifar10_cpu
+from tests import _tb_events
 from tests._tiny_archive import write_tiny_archive
 
 
@@ -37,9 +39,10 @@ def tiny_archive(tmp_path_factory):
   return path, str(root / "cache")
 
 
-def cpu_config(archive, *, arg="mixer=mixup", **overrides):
+def cpu_config(archive, *, arg="mixer=mixup", module=cifar10_cpu,
+               **overrides):
   path, cache = archive
-  c = cifar10_cpu.get_config(arg)
+  c = module.get_config(arg)
   c.data.archive_path = path
   c.data.cache_dir = cache
   c.data.images_per_class = 0
@@ -63,6 +66,25 @@ def cpu_config(archive, *, arg="mixer=mixup", **overrides):
     node[last] = v
   c.lock()
   return c
+
+
+def assert_tensorboard_equals_jsonl(workdir):
+  """The event files' scalars are the JSONL's numbers (as float32), tag for
+  tag, step for step, in order."""
+  want = {}
+  for line in open(os.path.join(workdir, loop.METRICS_FILE)):
+    entry = json.loads(line)
+    for k, v in entry.items():
+      if k != "step" and isinstance(v, (int, float)):
+        want.setdefault(k, []).append((entry["step"], v))
+  got = _tb_events.scalars(workdir)
+  assert sorted(got) == sorted(want)
+  assert any(k.startswith("train/") for k in got)
+  assert any(k.startswith("eval/") for k in got)
+  for tag, pairs in want.items():
+    assert [s for s, _ in got[tag]] == [s for s, _ in pairs], tag
+    np.testing.assert_array_equal([v for _, v in got[tag]],
+                                  np.float32([v for _, v in pairs]), tag)
 
 
 def _params(workdir, config):
@@ -135,6 +157,11 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
   assert again["train_images_per_s"] == summary["train_images_per_s"]
   assert again["wall_time_s"] == summary["wall_time_s"]
   assert (straight / "summary.json").read_text() == before
+  # TensorBoard (config.tensorboard, on by default): one event file (the
+  # re-run opened none), holding every numeric JSONL value at its step.
+  assert len(_tb_events.event_files(straight)) == 1
+  assert_tensorboard_equals_jsonl(straight)
+  assert {"final/ece", "final/fgsm_top1"} <= set(_tb_events.scalars(straight))
 
   resumed = tmp_path / "resumed"
   stopped = loop.train_and_evaluate(
@@ -158,6 +185,14 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
   assert final["resumed_from_step"] == 3 and final["steps"] == 4
   assert len(final["history"]) == 2  # epoch-1 eval came back from the ckpt
   assert final["history"][0] == summary["history"][0]
+
+  # The resumed writer's new event file tells TensorBoard to drop what the
+  # interrupted run logged from step 3 on (JSONL: the last line wins).
+  files = _tb_events.event_files(resumed)
+  assert len(files) == 2
+  starts = [e.step for e in _tb_events.read_events(files[1])
+            if e.HasField("session_log")]
+  assert starts == [3]
 
   s1, p1, e1 = _params(str(straight), config)
   s2, p2, e2 = _params(str(resumed), config)
@@ -236,3 +271,51 @@ def test_bad_mixer_value_fails_before_data_and_model(tiny_archive, tmp_path,
                       **{"switch.kwargs": ({"alpha": 1.0}, {"alpha": -2.0})})
   with pytest.raises(ValueError, match=r"config\.switch\[1\]\.kwargs\.alpha"):
     loop.check_config(switch)
+
+
+def test_learned_run_logs_mask_images_every_n_steps_only(tiny_archive,
+                                                         tmp_path,
+                                                         monkeypatch):
+  """AutoMix, 4 steps, log_images_every_steps=2: the mask figure reaches
+  TensorBoard at steps 2 and 4 only; the preview runs at those steps and
+  nowhere else (the train step itself is unchanged)."""
+  from PIL import Image
+  from automix_jax.configs.automix import cifar10_cpu as automix_cpu
+  from automix_jax.train import mask_images
+  calls = []
+  render = mask_images.MaskImages.render
+
+  def counted(self, state, **kw):
+    calls.append(int(jax.device_get(state.step)))
+    return render(self, state, **kw)
+
+  monkeypatch.setattr(mask_images.MaskImages, "render", counted)
+  config = cpu_config(tiny_archive, arg="images_per_class=0",
+                      module=automix_cpu, log_images_every_steps=2,
+                      eval_every_epochs=2, **{"final_evals.ece": False})
+  workdir = tmp_path / "automix"
+  loop.train_and_evaluate(config, str(workdir))
+  assert calls == [2, 4]
+  images = _tb_events.images(workdir)
+  assert sorted(images) == [mask_images.IMAGE_TAG]
+  assert [i[0] for i in images[mask_images.IMAGE_TAG]] == [2, 4]
+  for _, h, w, png in images[mask_images.IMAGE_TAG]:
+    assert Image.open(io.BytesIO(png)).size == (w, h) and h > 100 and w > 100
+  # Train scalars carry the classifier loss separately (plots use it).
+  assert "train/loss_classifier" in _tb_events.scalars(workdir)
+
+
+def test_logging_options_are_checked_before_compute(tiny_archive, tmp_path):
+  from automix_jax.configs.automix import cifar10_cpu as automix_cpu
+  from automix_jax.train import mask_images
+  with pytest.raises(ValueError, match="log_images_every_steps.*no learned"):
+    loop.check_config(cpu_config(tiny_archive, log_images_every_steps=5))
+  with pytest.raises(ValueError, match="log_images_every_steps.*int >= 0"):
+    loop.check_config(cpu_config(tiny_archive, module=automix_cpu,
+                                 arg="images_per_class=0",
+                                 log_images_every_steps=-1))
+  # TensorBoard off: no preview is built, so none is ever computed.
+  off = cpu_config(tiny_archive, module=automix_cpu, arg="images_per_class=0",
+                   tensorboard=False)
+  assert off.log_images_every_steps == 20
+  assert mask_images.MaskImages.from_config(off, None, None, None) is None
