@@ -7,6 +7,8 @@ explicit forward passes); the mixing happens on the whole batch; jitted once;
 8 devices equal 1.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -59,10 +61,16 @@ def _batch(seed=0):
           "label": jnp.asarray(rng.integers(0, 10, B), jnp.int32)}
 
 
+@functools.lru_cache
+def _cached_step(model, accum):
+  return _one_step(_config(model, accum=accum))
+
+
 def _one_step(config, key=jax.random.key(0)):
   method = static.StaticMixing(config, num_classes=10, steps_per_epoch=2,
                                mesh=sharding.make_mesh(jax.devices()[:1]))
   state = jax.jit(method.init)(jax.random.key(1), _batch()["image"][:2])
+  chex.clear_trace_counter()
   step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
   new, metrics = step(state, _batch(), key)
   new2, _ = step(new, _batch(1), key)  # same shapes: no retrace
@@ -80,8 +88,8 @@ def test_split_takes_strided_rows():
 @pytest.mark.parametrize("accum", [2, 4])
 def test_vit_accumulated_step_equals_the_large_batch_step(accum):
   with jax.default_matmul_precision("highest"):
-    _, state0, big, m_big = _one_step(_config("vit_tiny", accum=1))
-    _, _, acc, m_acc = _one_step(_config("vit_tiny", accum=accum))
+    _, state0, big, m_big = _cached_step("vit_tiny", 1)
+    _, _, acc, m_acc = _cached_step("vit_tiny", accum)
   assert acc.batch_stats == {} == big.batch_stats
   np.testing.assert_allclose(m_acc["loss"], m_big["loss"], rtol=1e-6)
   np.testing.assert_allclose(m_acc["grad_norm"], m_big["grad_norm"],
@@ -100,8 +108,8 @@ def test_batchnorm_micro_batches_and_chained_running_stats():
   running stats = two chained train-mode passes (rows 0::2 then 1::2) on the
   mixed batch; both differ from the large-batch step."""
   key = jax.random.key(0)
-  method, state0, acc, _ = _one_step(_config(accum=2), key)
-  _, _, big, _ = _one_step(_config(accum=1), key)
+  method, state0, acc, _ = _cached_step("cifar_resnet18", 2)
+  _, _, big, _ = _cached_step("cifar_resnet18", 1)
   # The mixed batch: the step's own draw on the whole batch.
   k_mix, _ = jax.random.split(jax.random.fold_in(key, 0))
   batch = _batch()
@@ -115,13 +123,14 @@ def test_batchnorm_micro_batches_and_chained_running_stats():
     return losses.soft_cross_entropy(out["logits"]["one"], y), upd[
         "batch_stats"]
 
+  grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
   stats, grads = state0.batch_stats, []
   for i in range(2):
-    (_, stats), g = jax.value_and_grad(loss, has_aux=True)(
-        state0.params, stats, mixed[i::2], targets[i::2])
+    (_, stats), g = grad_fn(state0.params, stats, mixed[i::2], targets[i::2])
     grads.append(g)
   mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-  upd, _ = method.tx.update(mean_grad, state0.opt_state, state0.params)
+  upd, _ = jax.jit(method.tx.update)(mean_grad, state0.opt_state,
+                                     state0.params)
   want_params = optax.apply_updates(state0.params, upd)
   chex.assert_trees_all_close(acc.params, want_params, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(acc.batch_stats, stats, rtol=1e-5, atol=1e-6)
@@ -135,11 +144,12 @@ def test_ema_forward_statistics_use_the_same_micro_batches():
   key = jax.random.key(0)
   method, state0, acc, _ = _one_step(config, key)
   images = _batch()["image"]
+  apply = jax.jit(functools.partial(method.model.apply, train=True,
+                                    mutable=["batch_stats"]))
   stats = state0.ema_batch_stats
   for i in range(2):
-    _, upd = method.model.apply(
-        {"params": acc.ema_params, "batch_stats": stats}, images[i::2],
-        train=True, mutable=["batch_stats"])
+    _, upd = apply({"params": acc.ema_params, "batch_stats": stats},
+                   images[i::2])
     stats = upd["batch_stats"]
   chex.assert_trees_all_close(acc.ema_batch_stats, stats, rtol=1e-5,
                               atol=1e-6)

@@ -21,13 +21,24 @@ Reported (CUB R18/R50, FGVC R18/RX50, Cars R18/RX50): 80.88 / 84.57,
 81.73 / 87.16, 89.19 / 91.59. (The Cars/CUB files write ``mixed_radio``, a typo
 that leaves ``mixup_radio`` at its default 0.5.)
 
-Not reproduced: the ImageNet-pretrained initialisation (the model zoo loads no
-torchvision weights; the CUB-R18 log loads ``resnet18-pytorch.pth``), and
-RandomResizedCrop (images are resized to 224 with flips only). ResNeXt-50 is
-``resnet50`` with ``groups=32, base_width=4``.
+ImageNet-pretrained initialisation (the reference's, e.g. the CUB-R18 log loads
+``resnet18-pytorch.pth``): convert the torchvision weights once and pass the
+file as ``init`` (docs/training.md, "Fine-tuning")::
+
+  python scripts/convert_torch_weights.py --torchvision resnet18 --pretrained \
+    --out weights/r18_in1k.npz      # resnet50 / resnext50_32x4d likewise
+  ... --config adautomix/fine_grained:dataset=cub,model=r18,init=weights/r18_in1k.npz
+
+which sets ``config.init_from = {path: init, kind: "converted", skip:
+"^params/heads/"}``: backbone and BatchNorm statistics from ImageNet for the
+classifier and its EMA teacher, fresh heads (``one``, ``mix``) for the new
+classes, a fresh generator. Without ``init`` the backbone starts from scratch.
+
+Not reproduced: RandomResizedCrop (images are resized to 224 with flips only).
+ResNeXt-50 is ``resnet50`` with ``groups=32, base_width=4``.
 
 Args (``:k=v,...``): dataset (cub | cars | aircraft), model (r18 | r50 | rx50),
-epochs.
+epochs, init (path of a converted .npz; "" = from scratch).
 """
 
 from automix_jax.configs import common
@@ -49,7 +60,7 @@ SETTINGS = {
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, dataset="cub", model="r18", epochs=200)
+  arg = common.parse_arg(arg, dataset="cub", model="r18", epochs=200, init="")
   key = (arg.dataset, arg.model)
   if key not in SETTINGS:
     raise ValueError(f"(dataset, model) must be one of {sorted(SETTINGS)}; got "
@@ -76,4 +87,8 @@ def get_config(arg=None):
   c.generator_optimizer.shared = False
   c.generator_optimizer.lr = 0.1
   c.generator_optimizer.min_lr = gen_min_lr
+  if arg.init:
+    c.init_from.path = arg.init
+    c.init_from.kind = "converted"
+    c.init_from.skip = "^params/heads/"
   return c
