@@ -253,7 +253,7 @@ def test_extend_a_finished_run_trains_the_new_epochs_only(tiny_archive,
   with pytest.raises(ValueError, match=r"num_epochs may only grow"):
     loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=1,
                                        extend=True), workdir)
-  with pytest.raises(ValueError, match=r"allows num_epochs alone.*seed"):
+  with pytest.raises(ValueError, match=r"seed: 0 -> 5.*allows num_epochs alone"):
     loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=3, seed=5,
                                        extend=True), workdir)
   config = cpu_config(tiny_archive, num_epochs=3, extend=True)
