@@ -25,6 +25,7 @@ from automix_jax.train import losses
 from automix_jax.train import static
 from configs import cifar10_cpu
 from tests.train import test_sharded
+from tests.train import test_static_step
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -32,27 +33,14 @@ B = 8
 
 
 def _config(model="cifar_resnet18", accum=1, **overrides):
-  c = cifar10_cpu.get_config("mixer=mixup")
-  c.batch_size = B
-  c.num_epochs = 2
-  c.grad_accum_steps = accum
-  c.optimizer.lr = 0.1
-  c.model.name = model
+  """test_static_step's tiny ResNet-10, or a one-block 16-d ViT."""
   if model == "vit_tiny":
-    c.model.width = 1.0
-    c.model.kwargs = ml_collections.ConfigDict(
-        {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4})
-  else:
-    c.model.width = 1 / 16
-    c.model.kwargs = ml_collections.ConfigDict({"stage_sizes": (1, 1, 1, 1)})
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  c.lock()
-  return c
+    overrides = {"model.width": 1.0, "model.kwargs": ml_collections.ConfigDict(
+        {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4}),
+                 **overrides}
+  return test_static_step.tiny_config(**{
+      "grad_accum_steps": accum, "optimizer.lr": 0.1, "model.name": model,
+      **overrides})
 
 
 def _batch(seed=0):

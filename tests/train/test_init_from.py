@@ -17,7 +17,7 @@ from automix_jax import models
 from automix_jax import sharding
 from automix_jax.train import init_from
 from automix_jax.train import static
-from configs import cifar10_cpu
+from tests.train import test_static_step
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -126,18 +126,9 @@ def test_converter_refuses_unknown_keys():
 
 
 def _config(**overrides):
-  c = cifar10_cpu.get_config("mixer=mixup,ema")
-  c.batch_size = 4
-  c.model.width = 1 / 16
-  c.model.kwargs = ml_collections.ConfigDict({"stage_sizes": (1, 1, 1, 1)})
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  c.lock()
-  return c
+  """test_static_step's tiny ResNet-10 with EMA, batch 4."""
+  return test_static_step.tiny_config(**{"ema.enabled": True, "batch_size": 4,
+                                         **overrides})
 
 
 def _init(config, seed, num_classes=10):
@@ -314,3 +305,14 @@ def test_bad_init_from_config_raises_before_compute(tmp_path):
   np.savez(not_converted, w=np.zeros(2))
   with pytest.raises(ValueError, match="not a converted weights file"):
     init_from.load_converted(not_converted)
+
+
+def test_fine_grained_config_init_arg():
+  from automix_jax.train import loop
+  from configs.adautomix import fine_grained
+  c = fine_grained.get_config("dataset=cub,model=r18,init=w/r18.npz")
+  assert c.init_from.to_dict() == {"path": "w/r18.npz", "kind": "converted",
+                                   "skip": "^params/heads/",
+                                   "weights": "online"}
+  loop.check_config(c, files=False)
+  assert not init_from.enabled(fine_grained.get_config("dataset=cub"))
