@@ -111,6 +111,34 @@ def test_timm_vit_logits_match_and_file_round_trip(tmp_path):
     np.testing.assert_array_equal(flat[k], want[k])
 
 
+@pytest.mark.parametrize("source", [
+    "torchvision:resnext50_32x4d", "timm:resnet50",
+    "timm:deit_small_patch16_224"])
+def test_full_size_trees_match_the_models(source):
+  """The full-size ImageNet models convert to exactly the parameter tree of
+  the model the spec builds (shapes only: jax.eval_shape, no compute)."""
+  torch = pytest.importorskip("torch")
+  lib, name = source.split(":")
+  if lib == "timm":
+    net = pytest.importorskip("timm").create_model(name, pretrained=False)
+  else:
+    net = pytest.importorskip("torchvision").models.get_model(name)
+  arch = "vit" if hasattr(net, "blocks") else "resnet"
+  with torch.no_grad():
+    variables, spec = conv.convert(net.state_dict(), arch=arch)
+  model = models.build(spec["name"], num_classes=spec["num_classes"],
+                       width=spec["width"], **spec["kwargs"])
+  want = jax.eval_shape(functools.partial(model.init, train=False),
+                        jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  shapes = lambda t: {k: tuple(np.shape(v)) for k, v in
+                      init_from.flatten(t, "x").items()}
+  for group in ("params", "batch_stats"):
+    assert shapes(variables.get(group, {})) == shapes(want.get(group, {}))
+  assert spec["num_classes"] == 1000
+  if name == "resnext50_32x4d":
+    assert spec["kwargs"] == {"groups": 32, "base_width": 4}
+
+
 def test_converter_refuses_unknown_keys():
   torch = pytest.importorskip("torch")
   tv = pytest.importorskip("torchvision")
