@@ -258,7 +258,7 @@ def test_mismatched_topology_names_paths_and_shapes(saved_run):
     init_from.apply(deeper, _cfg(root))
 
 
-def test_learned_method_loads_the_backbone_only(saved_run):
+def test_learned_method_loads_the_backbone_only(saved_run, tmp_path):
   """A static checkpoint into AutoMix: classifier and teacher load, the
   generator keeps its initialisation, the missing "mix" head must be skipped."""
   from automix_jax.train import automix
@@ -284,6 +284,15 @@ def test_learned_method_loads_the_backbone_only(saved_run):
                               fresh.params["generator"])
   chex.assert_trees_all_equal(state.params["classifier"]["heads"]["mix"],
                               fresh.params["classifier"]["heads"]["mix"])
+  # From an AutoMix checkpoint the generator loads too.
+  learned = fresh.replace(params=jax.tree.map(lambda x: x + 0.01,
+                                              fresh.params))
+  with checkpoint.Checkpointer(tmp_path / "checkpoints") as ck:
+    ck.save(3, learned, {}, force=True)
+  other = method.init(jax.random.key(3), jnp.zeros((2, 16, 16, 3)))
+  state = init_from.apply(other, _cfg(tmp_path))
+  chex.assert_trees_all_equal(jax.device_get(state.params),
+                              jax.device_get(learned.params))
 
 
 def test_converted_file_into_a_static_state(tmp_path):
