@@ -238,15 +238,26 @@ def test_bad_mixer_value_fails_before_data_and_model(tiny_archive, tmp_path,
     loop.check_config(switch)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tiny_archive, tmp_path_factory):
+  """A finished 2-epoch run of the default tiny config: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  summary = loop.train_and_evaluate(cpu_config(tiny_archive), str(workdir))
+  assert summary["steps"] == 4
+  return workdir, summary
+
+
 def test_extend_a_finished_run_trains_the_new_epochs_only(tiny_archive,
+                                                          finished_run,
                                                           tmp_path):
   """2 epochs, then num_epochs=3: refused without --config.extend=True (the
   message names it); with it, epoch 3 alone is trained, on the 3-epoch
   schedule, and the summary / metrics record it."""
+  import shutil
   from automix_jax.train import optim
   workdir = str(tmp_path / "run")
-  first = loop.train_and_evaluate(cpu_config(tiny_archive), workdir)
-  assert first["steps"] == 4
+  shutil.copytree(finished_run[0], workdir)
+  first = finished_run[1]
   with pytest.raises(ValueError, match=(
       r"num_epochs: 2 -> 3.*add --config\.extend=True")):
     loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=3), workdir)
@@ -281,12 +292,12 @@ def test_extend_a_finished_run_trains_the_new_epochs_only(tiny_archive,
   assert again["extensions"] == ext["extensions"]
 
 
-def test_init_from_a_finished_run_in_the_loop(tiny_archive, tmp_path):
+def test_init_from_a_finished_run_in_the_loop(tiny_archive, finished_run,
+                                              tmp_path):
   """The trainer's fresh state takes the checkpoint's weights (heads kept
-  fresh by skip); a resume ignores init_from."""
+  fresh by skip)."""
   from automix_jax import checkpoint as ckpt_lib
-  src = tmp_path / "src"
-  loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=1), str(src))
+  src = finished_run[0]
   _, saved = ckpt_lib.read_state(src / "checkpoints")
   config = cpu_config(tiny_archive, seed=3, **{
       "init_from.path": str(src), "init_from.skip": "^params/heads/"})
