@@ -353,3 +353,18 @@ def test_fine_grained_config_init_arg():
                                    "weights": "online"}
   loop.check_config(c, files=False)
   assert not init_from.enabled(fine_grained.get_config("dataset=cub"))
+
+
+def test_converter_command_line(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  tv = pytest.importorskip("torchvision")
+  sd_path = tmp_path / "r18.pth"
+  torch.save(tv.models.resnet18(num_classes=7).state_dict(), sd_path)
+  out = tmp_path / "r18.npz"
+  assert conv.main(["--state_dict", str(sd_path), "--arch", "resnet",
+                    "--out", str(out)]) == 0
+  assert "name='resnet18'" in capsys.readouterr().out
+  flat, meta = init_from.load_converted(out)
+  assert meta["model"]["num_classes"] == 7
+  assert flat["params/heads/one/kernel"].shape == (512, 7)
+  assert "batch_stats/stem_bn/var" in flat
