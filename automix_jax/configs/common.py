@@ -155,6 +155,14 @@ def base_config() -> mlc.ConfigDict:
                           "end_momentum": 0.999999, "schedule": "constant",
                           "warmup_frac": 0.1, "batch_stats": "forward"})
   c.checkpoint = mlc.ConfigDict({"every_steps": 500, "keep": 3})
+  # Gradient accumulation over micro-batches of the (mixed) global batch
+  # (automix_jax.train.accumulate; static method only).
+  c.grad_accum_steps = 1
+  # True: a larger num_epochs than the checkpoint's continues (extends) it.
+  c.extend = False
+  # Fine-tuning: weights loaded into a fresh state (automix_jax.train.init_from).
+  c.init_from = mlc.ConfigDict({"path": "", "kind": "checkpoint", "skip": "",
+                                "weights": "online"})
   return c
 
 

@@ -243,6 +243,12 @@ class LearnedMixingBase:
           "generator mixes each sample with partners drawn over the global "
           "batch (as the reference's single-GPU CIFAR runs). Use "
           "per_device_batch_stats for DDP-style BatchNorm.")
+    if int(config.get("grad_accum_steps", 1)) != 1:
+      raise ValueError(
+          f"`config.grad_accum_steps` > 1 is implemented for method='static' "
+          f"only; {self.block_name}'s step (teacher passes, generator, chained "
+          "BatchNorm statistics of several classifier passes) runs on the "
+          "whole batch. Use grad_accum_steps=1 (docs/training.md).")
     self.bn_groups = static.bn_groups(config, mesh)
     block = config.get(self.block_name, None)
     if block is None:

@@ -36,6 +36,8 @@ import numpy as np
 
 from automix_jax import metrics as metrics_lib
 from automix_jax import sharding
+from automix_jax.train import accumulate
+from automix_jax.train import init_from
 from automix_jax.train import mask_images
 from automix_jax.train import methods
 
@@ -84,9 +86,11 @@ def check_config(config: Any, *, files: bool = True) -> None:
   if isinstance(every, bool) or not isinstance(every, int) or every < 0:
     raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
                      f"(0: only at the end); got {every!r}.")
+  accumulate.check_config(config)
   method = methods.get(config.method)  # unknown / unavailable -> ValueError
   if hasattr(method, "check_config"):
     method.check_config(config)
+  init_from.check_config(config, files=files)
   data = config.data
   from automix_jax import data as data_lib
   try:  # the input pipeline's keys (augment, image_size, crop_pct, ...)
@@ -123,6 +127,7 @@ def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
   """``check_config`` plus the batch size against the mesh and processes."""
   check_config(config)
   sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
+  accumulate.check_config(config, mesh=mesh)
   if config.batch_size % jax.process_count():
     raise ValueError(
         f"`batch_size` {config.batch_size} is not divisible by the "
@@ -246,11 +251,13 @@ def summarize(history: list[dict], *, reported_variant: str,
 
 
 # Keys that may change between a run and its resumption: they do not change
-# what is computed (logging, paths, when to stop or checkpoint, final evals).
+# what is computed (logging, paths, when to stop or checkpoint, final evals;
+# init_from only acts on a fresh state; extend only permits a longer run).
 _RESUME_FREE_KEYS = ("stop_after_steps", "progress_bar", "log_every_steps",
                      "tensorboard", "log_images_every_steps",
                      "eval_batch_size", "checkpoint", "final_evals",
-                     "data.archive_path", "data.cache_dir", "data.tfds_data_dir")
+                     "data.archive_path", "data.cache_dir", "data.tfds_data_dir",
+                     "init_from", "extend")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -271,24 +278,53 @@ def resume_fingerprint(config: Any) -> dict:
           if not any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)}
 
 
-def check_resumable(saved: dict | None, config: Any, workdir: str) -> None:
+def check_resumable(saved: dict | None, config: Any, workdir: str
+                    ) -> int | None:
   """Refuses to resume a checkpoint that was written under another config.
 
   A silent resume would continue, say, a 3-epoch schedule as an 8-epoch one and
-  mix two runs' histories. Raises ValueError naming the differing keys.
+  mix two runs' histories. The one allowed change is an explicit extension:
+  ``config.extend=True`` with a larger ``num_epochs`` and nothing else changed
+  (docs/training.md, "Extending a run").
+
+  Returns:
+    The checkpoint's ``num_epochs`` when this is such an extension, else None.
+
+  Raises:
+    ValueError: naming the differing keys (and ``--config.extend=True`` when
+      ``num_epochs`` grew).
   """
   if saved is None:
-    return
+    return None
   now = resume_fingerprint(config)
-  keys = sorted(set(saved) | set(now))
+  keys = [k for k in sorted(set(saved) | set(now))
+          if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+  if not keys:
+    return None
+  old, new = saved.get("num_epochs"), now.get("num_epochs")
+  grows = isinstance(old, int) and isinstance(new, int) and new > old
+  extend = bool(config.get("extend", False))
+  if keys == ["num_epochs"] and grows and extend:
+    return old
   diff = [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
-          for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
-  if diff:
-    raise ValueError(
-        f"workdir {workdir!r} holds a checkpoint of a different config; "
-        f"refusing to resume it. Differences (checkpoint -> now): "
-        f"{'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''}. Use a new "
-        "--workdir, or the original config.")
+          for k in keys]
+  if "num_epochs" in keys and not grows:
+    hint = (" num_epochs may only grow (--config.extend=True continues a run "
+            "to more epochs).")
+  elif "num_epochs" in keys and not extend:
+    hint = (f" To continue this run from {old} to {new} epochs, add "
+            "--config.extend=True (the learning-rate and EMA schedules are "
+            "re-evaluated for the new length; docs/training.md).")
+  elif "num_epochs" in keys:
+    hint = (" --config.extend=True allows num_epochs alone to change; "
+            "restore the other keys.")
+  else:
+    hint = ""
+  raise ValueError(
+      f"workdir {workdir!r} holds a checkpoint of a different config; "
+      f"refusing to resume it. Differences (checkpoint -> now): "
+      f"{'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''}.{hint} Use "
+      "a new --workdir, or the original config.")
 
 
 def check_same_data(saved: str | None, now: str, workdir: str) -> None:
@@ -464,6 +500,7 @@ class _Trainer:
     self.preemption = multihost.PreemptionWatcher()
     self.state = None
     self.history: list[dict] = []
+    self.extensions: list[dict] = []  # {"step", "from_epochs", "to_epochs"}
     self.step = self.first_step = 0
     self.preempted = False
     self.train_time = self.eval_time = 0.0
@@ -477,10 +514,18 @@ class _Trainer:
   def init_or_restore(self) -> None:
     restored = self.ckpt.restore_latest(self.abstract_state)
     if restored is None:
-      self.state = self.init_fn(self.init_key)
+      self.state = init_from.maybe_apply(self.init_fn(self.init_key),
+                                         self.config)
     else:
       step, self.state, extra = restored
-      check_resumable(extra.get("config"), self.config, str(self.run.workdir))
+      extended_from = check_resumable(extra.get("config"), self.config,
+                                      str(self.run.workdir))
+      self.extensions = list(extra.get("extensions", []))
+      if extended_from is not None:
+        self.extensions.append({"step": step, "from_epochs": extended_from,
+                                "to_epochs": int(self.config.num_epochs)})
+        logging.warning("Extending the run from %d to %d epochs at step %d.",
+                        extended_from, self.config.num_epochs, step)
       check_same_data(extra.get("data_fingerprint"), self.data.fingerprint,
                       str(self.run.workdir))
       self.data.train_iter.set_state(extra["data"])
@@ -534,7 +579,8 @@ class _Trainer:
         self.step, self.state,
         {"data": self.data.train_iter.get_state(), "history": self.history,
          "config": resume_fingerprint(self.config),
-         "data_fingerprint": self.data.fingerprint}, force=True)
+         "data_fingerprint": self.data.fingerprint,
+         "extensions": self.extensions}, force=True)
     if saved:
       self._last_saved = self.step
     self.throughput.start(self.step)  # the save's time is not training time
@@ -694,6 +740,8 @@ class _Trainer:
         "workdir": str(self.run.workdir),
         "resumed_from_step": self.first_step or None,
     })
+    if self.extensions:
+      summary["extensions"] = self.extensions
     return summary
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from automix_jax import mixers
+from automix_jax.train import accumulate
 from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
@@ -170,6 +171,10 @@ class StaticMixing:
     the statistics then describe the online weights, not the lagging EMA
     weights; in short runs this cost the EMA model 10-20 points of top-1
     (results/reproduce_cpu.md, earlier reduced run).
+
+  ``config.grad_accum_steps`` = k > 1: the batch is mixed whole, then its
+  gradient is accumulated over k micro-batches (``train.accumulate``); the
+  "forward" EMA statistics use the same micro-batches.
   """
 
   reported_variant: str
@@ -193,6 +198,7 @@ class StaticMixing:
     self.model = build_model(config, num_classes)
     self.mixer = build_mixer(config, mesh)
     self.bn_groups = bn_groups(config, mesh)
+    self.grad_accum_steps = accumulate.steps_of(config)
     self.tx, self.lr_fn = optim.make_optimizer(
         config.optimizer, steps_per_epoch=self.steps_per_epoch,
         num_epochs=int(config.num_epochs))
@@ -232,15 +238,17 @@ class StaticMixing:
                              smoothing=self.label_smoothing)
     mixed, mixed_targets, aux = self.mixer(k_mix, images, targets)
 
-    def loss_fn(params):
+    def loss_fn(params, batch_stats, inputs, key):
+      x, y = inputs
       out, batch_stats = train_apply(
-          self.model, {"params": params, "batch_stats": state.batch_stats},
-          mixed, rngs={"dropout": k_drop}, groups=self.bn_groups)
-      loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
-      return loss, batch_stats
+          self.model, {"params": params, "batch_stats": batch_stats}, x,
+          rngs={"dropout": key}, groups=self.bn_groups)
+      return losses.soft_cross_entropy(out["logits"]["one"], y), batch_stats
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    # grad_accum_steps > 1: the mixed batch in micro-batches (accumulate.py).
+    (loss, batch_stats), grads = accumulate.value_and_grad(
+        loss_fn, state.params, state.batch_stats, (mixed, mixed_targets),
+        k_drop, steps=self.grad_accum_steps)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -259,11 +267,12 @@ class StaticMixing:
       if self.ema_stats_rule == "copy":
         ema_batch_stats = batch_stats
       else:  # "forward": the EMA model's own running statistics.
-        _, ema_batch_stats = train_apply(
-            self.model,
-            {"params": ema_params, "batch_stats": state.ema_batch_stats},
-            images, rngs={"dropout": jax.random.fold_in(step_key, 2)},
-            groups=self.bn_groups)
+        ema_batch_stats = accumulate.running_stats(
+            lambda stats, x, k: train_apply(
+                self.model, {"params": ema_params, "batch_stats": stats}, x,
+                rngs={"dropout": k}, groups=self.bn_groups)[1],
+            state.ema_batch_stats, images, jax.random.fold_in(step_key, 2),
+            steps=self.grad_accum_steps)
       metrics["ema_momentum"] = m
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,

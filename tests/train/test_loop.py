@@ -319,3 +319,83 @@ def test_logging_options_are_checked_before_compute(tiny_archive, tmp_path):
                    tensorboard=False)
   assert off.log_images_every_steps == 20
   assert mask_images.MaskImages.from_config(off, None, None, None) is None
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_archive, tmp_path_factory):
+  """A finished 2-epoch run of the default tiny config: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  summary = loop.train_and_evaluate(cpu_config(tiny_archive), str(workdir))
+  assert summary["steps"] == 4
+  return workdir, summary
+
+
+def test_extend_a_finished_run_trains_the_new_epochs_only(tiny_archive,
+                                                          finished_run,
+                                                          tmp_path):
+  """2 epochs, then num_epochs=3: refused without --config.extend=True (the
+  message names it); with it, epoch 3 alone is trained, on the 3-epoch
+  schedule, and the summary / metrics record it."""
+  import shutil
+  from automix_jax.train import optim
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
+  first = finished_run[1]
+  with pytest.raises(ValueError, match=(
+      r"num_epochs: 2 -> 3.*add --config\.extend=True")):
+    loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=3), workdir)
+  with pytest.raises(ValueError, match=r"num_epochs may only grow"):
+    loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=1,
+                                       extend=True), workdir)
+  with pytest.raises(ValueError, match=r"seed: 0 -> 5.*allows num_epochs alone"):
+    loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=3, seed=5,
+                                       extend=True), workdir)
+  config = cpu_config(tiny_archive, num_epochs=3, extend=True)
+  ext = loop.train_and_evaluate(config, workdir)
+  assert ext["resumed_from_step"] == 4
+  assert ext["steps"] == ext["total_steps"] == 6
+  assert ext["extensions"] == [{"step": 4, "from_epochs": 2, "to_epochs": 3}]
+  assert [h["epoch"] for h in ext["history"]] == [1, 2, 3]
+  assert ext["history"][:2] == first["history"]
+  lines = [json.loads(l) for l in open(os.path.join(workdir,
+                                                    loop.METRICS_FILE))]
+  assert [l["step"] for l in lines if "train/loss" in l] == [1, 2, 3, 4, 5, 6]
+  # Steps 5-6 ran at the 3-epoch cosine's lr of epoch index 2.
+  lr3 = optim.lr_schedule(config.optimizer, steps_per_epoch=2, num_epochs=3)
+  got = [l["train/lr"] for l in lines if l["step"] in (5, 6)
+         and "train/lr" in l]
+  np.testing.assert_allclose(got, [float(lr3(4)), float(lr3(5))], rtol=1e-6)
+  # ... not the finished 2-epoch schedule's floor (re-stretched, not continued).
+  assert float(lr3(4)) > float(optim.lr_schedule(
+      config.optimizer, steps_per_epoch=2, num_epochs=2)(4)) + 1e-3
+  # The extended checkpoint resumes as a plain 3-epoch run, extension kept.
+  again = loop.train_and_evaluate(cpu_config(tiny_archive, num_epochs=3),
+                                  workdir)
+  assert again["already_complete"] is True
+  assert again["extensions"] == ext["extensions"]
+
+
+def test_init_from_a_finished_run_in_the_loop(tiny_archive, finished_run,
+                                              tmp_path):
+  """The trainer's fresh state takes the checkpoint's weights (heads kept
+  fresh by skip)."""
+  from automix_jax import checkpoint as ckpt_lib
+  src = finished_run[0]
+  _, saved = ckpt_lib.read_state(src / "checkpoints")
+  config = cpu_config(tiny_archive, seed=3, **{
+      "init_from.path": str(src), "init_from.skip": "^params/heads/"})
+  run = loop._set_up(config, str(tmp_path / "ft"))
+  data = loop._Input(config, run.mesh)
+  method = loop.methods.get(config.method)(
+      config, num_classes=data.num_classes,
+      steps_per_epoch=data.steps_per_epoch, mesh=run.mesh)
+  trainer = loop._Trainer(config, run, data, method)
+  try:
+    trainer.init_or_restore()
+    params = jax.device_get(trainer.state.params)
+  finally:
+    trainer.close()
+  np.testing.assert_array_equal(params["stem_conv"]["kernel"],
+                                saved["params"]["stem_conv"]["kernel"])
+  assert not np.array_equal(params["heads"]["one"]["kernel"],
+                            saved["params"]["heads"]["one"]["kernel"])
