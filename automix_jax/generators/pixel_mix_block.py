@@ -38,12 +38,16 @@ class PixelMixBlock(nn.Module):
     lam_concat: append a constant λ channel to the sample's features and a
       ``1 - λ`` channel to the partner's (ImageNet / fine-grained configs).
     upsample: ``"nearest"`` (reference) or ``"bilinear"``.
+    logit_bound: None (reference) or b > 0: soft-clip the upsampled logits to
+      ``(-b, b)`` before the sigmoid (``_apply.bound_logits``), an opt-in guard
+      that keeps the mask's gradient from vanishing when the sigmoid saturates.
     dtype: compute dtype; parameters stay float32 and the mask is float32.
   """
   reduction: int = 2
   scale: int = 4
   lam_concat: bool = False
   upsample: str = "nearest"
+  logit_bound: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -71,6 +75,7 @@ class PixelMixBlock(nn.Module):
     b, h, w, c = G.check_features(features)
     scale = G.check_scale(self.scale)
     G.check_upsample(self.upsample)
+    bound = G.check_logit_bound(self.logit_bound)
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
     G.check_index_vector(index, b, arg="index")
@@ -101,6 +106,7 @@ class PixelMixBlock(nn.Module):
     attn = jax.nn.softmax(attn, axis=-1)
     logits = jnp.einsum("bpq,bqo->bpo", attn, v.astype(jnp.float32))
     logits = G.upsample(logits.reshape(b, h, w, 1), scale, self.upsample)
+    logits = G.bound_logits(logits, bound)
     own_logits = -logits   # own weight 1 - sigmoid(z) = sigmoid(-z)
     own = jax.nn.sigmoid(own_logits)
     return (own, own_logits) if return_logits else own
