@@ -845,6 +845,12 @@ def plot_overall(runs: list[dict], out: str) -> str:
   for ax in (ax_r, ax_o):
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 (%)")
+  return _save_figure(plt, fig, (ax_r, ax_o), out)
+
+
+def _save_figure(plt, fig, axes, out: str) -> str:
+  """Grid and legend on ``axes``, then ``fig`` to the PNG ``out``."""
+  for ax in axes:
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
@@ -875,14 +881,7 @@ def plot_masks(runs: list[dict], out: str) -> str:
       ax.set_yscale("log")
     ax.set_title(stat)
     ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=110, metadata={"Software": None})
-  plt.close(fig)
-  return out
+  return _save_figure(plt, fig, axes.flat, out)
 
 
 def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
