@@ -188,7 +188,7 @@ def eval_due(epoch: int, *, num_epochs: int, every: int, last: int) -> bool:
   the middle of a run must still evaluate each epoch of that window. E.g.
   ``num_epochs=20, every=5, last=3`` -> epochs 5, 10, 15, 18, 19, 20.
   """
-  return epoch % every == 0 or epoch > num_epochs - last or epoch >= num_epochs
+  return epoch % every == 0 or epoch > num_epochs - last  # last >= 1
 
 
 # ---------------------------------------------------------------------------
@@ -663,7 +663,8 @@ class _Trainer:
         "epochs": self.step / data.steps_per_epoch,
         "train_time_s": self.train_time, "eval_time_s": self.eval_time,
         # This invocation's evaluations (the first one compiles the eval
-        # programs) and train seconds per epoch (eval time excluded).
+        # programs) and its train seconds per epoch (without evaluations; the
+        # step's compilation and checkpoint writes included).
         "eval_seconds": self.eval_seconds,
         "train_seconds_per_epoch": (
             self.train_time * data.steps_per_epoch
