@@ -91,6 +91,26 @@ def test_bound_off_is_no_operation():
   assert generators.AdaptiveMask().logit_bound is None
 
 
+@pytest.mark.parametrize("module", [generators.PixelMixBlock,
+                                    generators.AdaptiveMask])
+def test_default_program_is_the_reference_one(module):
+  """Off by default: the traced program has no soft clip (so the numbers of
+  tests/generators and tests/learned, checked against the authors' code, are
+  those of the same program); with a bound it has one."""
+  f = jnp.zeros((2, 4, 4, 8))
+  idx = (jnp.array([1, 0], jnp.int32) if module is generators.PixelMixBlock
+         else jnp.array([[0, 1], [1, 0]], jnp.int32))
+  def program(gen):
+    params = jax.eval_shape(gen.init, jax.random.key(0), f, idx)
+    jaxpr = jax.make_jaxpr(gen.apply)(params, f, idx)
+    return [e.primitive.name for e in jaxpr.eqns], str(jaxpr)
+  default, explicit_off = program(module(scale=4)), program(
+      module(scale=4, logit_bound=None))
+  assert default[0] == explicit_off[0]   # same operations, in the same order
+  assert "rsqrt" not in default[1]
+  assert "rsqrt" in program(module(scale=4, logit_bound=4.0))[1]
+
+
 def test_bound_is_near_identity_for_small_logits_and_bounded():
   z = jnp.array([-1e6, -50.0, -0.1, 0.0, 0.1, 50.0, 1e6])
   y = G.bound_logits(z, 6.0)
