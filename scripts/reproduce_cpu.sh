@@ -4,7 +4,8 @@
 # Trains vanilla, MixUp, CutMix, FMix, ResizeMix, AutoMix and AdAutoMix on the
 # offline CIFAR-10 JPEG archive: a fixed, class-balanced training subset
 # (IMAGES_PER_CLASS per class, drawn with data.subset_seed=0 for every run), the
-# full 10,000-image test split evaluated after every epoch, a width-reduced CIFAR
+# full 10,000-image test split evaluated after every EVAL_EVERY-th epoch and
+# after each epoch of the reported window (the last 10 %), a width-reduced CIFAR
 # ResNet-18 (WIDTH), the SAME number of epochs (EPOCHS) and batch (BATCH) for
 # every method, each with every seed in SEEDS (config.seed: init, data order,
 # mixing draws; the subset stays fixed). Then scripts/summarize_runs.py writes
@@ -23,6 +24,9 @@
 #   WIDTH             0.125   ResNet-18 width multiplier (1.0 = the paper's)
 #   BATCH             50      global batch, identical for every method
 #   SEEDS             "0 1"   config.seed values
+#   EVAL_EVERY        1       evaluate every k epochs (config.eval_every_epochs);
+#                             the last max(1, EPOCHS/10) epochs, whose median is
+#                             reported, are always evaluated each (loop.eval_due)
 #   METHODS           "vanilla mixup cutmix fmix resizemix automix adautomix"
 #   OUT               runs/reproduce_cpu     one <method>_seed<k>/ per run
 #   RESULTS           results/reproduce_cpu  -> RESULTS.md and RESULTS/*.png
@@ -66,6 +70,7 @@ IMAGES_PER_CLASS="${IMAGES_PER_CLASS:-1000}"
 WIDTH="${WIDTH:-0.125}"
 BATCH="${BATCH:-50}"
 SEEDS="${SEEDS:-0 1}"
+EVAL_EVERY="${EVAL_EVERY:-1}"
 METHODS="${METHODS:-vanilla mixup cutmix fmix resizemix automix adautomix}"
 OUT="${OUT:-runs/reproduce_cpu}"
 RESULTS="${RESULTS:-results/reproduce_cpu}"
@@ -77,6 +82,7 @@ die() { echo "reproduce_cpu.sh: $*" >&2; exit 2; }
 [[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || die "EPOCHS must be a positive int ($EPOCHS)"
 [[ "$IMAGES_PER_CLASS" =~ ^[0-9]+$ ]] || die "IMAGES_PER_CLASS must be an int >= 0"
 [[ "$BATCH" =~ ^[1-9][0-9]*$ ]] || die "BATCH must be a positive int ($BATCH)"
+[[ "$EVAL_EVERY" =~ ^[1-9][0-9]*$ ]] || die "EVAL_EVERY must be a positive int ($EVAL_EVERY)"
 [[ -n "${SEEDS// /}" ]] || die "SEEDS is empty"
 [[ -n "${METHODS// /}" ]] || die "METHODS is empty"
 if [[ "$DRY_RUN" != 1 ]]; then
@@ -119,7 +125,7 @@ train_cmd() {  # method seed -> the full training command (one line)
   echo "$PYTHON -m experiments.train --config $(config_for "$m")" \
        "--workdir $OUT/${m}_seed$s --config.seed=$s --config.batch_size=$BATCH" \
        "--config.data.archive_path=$ARCHIVE --config.data.subset_seed=0" \
-       "--config.report_last_epochs=$report_last" \
+       "--config.report_last_epochs=$report_last --config.eval_every_epochs=$EVAL_EVERY" \
        "--config.checkpoint.every_steps=$steps_per_epoch --config.progress_bar=False$extra"
 }
 
@@ -127,7 +133,7 @@ finished() {  # a summary.json that did not stop early
   [[ -f "$1/summary.json" ]] && ! grep -q '"stopped_at_step"' "$1/summary.json"
 }
 
-invocation="EPOCHS=$EPOCHS IMAGES_PER_CLASS=$IMAGES_PER_CLASS WIDTH=$WIDTH BATCH=$BATCH SEEDS=\"$SEEDS\" METHODS=\"$METHODS\" OUT=$OUT RESULTS=$RESULTS AUTOMIX_CIFAR10_ARCHIVE=$ARCHIVE bash scripts/reproduce_cpu.sh"
+invocation="EPOCHS=$EPOCHS IMAGES_PER_CLASS=$IMAGES_PER_CLASS WIDTH=$WIDTH BATCH=$BATCH EVAL_EVERY=$EVAL_EVERY SEEDS=\"$SEEDS\" METHODS=\"$METHODS\" OUT=$OUT RESULTS=$RESULTS AUTOMIX_CIFAR10_ARCHIVE=$ARCHIVE bash scripts/reproduce_cpu.sh"
 echo "# $invocation"
 echo "# $steps_per_epoch steps/epoch x $EPOCHS epochs = $total_steps steps; EMA $EMA_M -> $EMA_END (cosine); median of the last $report_last epoch(s)"
 

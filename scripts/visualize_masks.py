@@ -120,31 +120,28 @@ def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
 def mask_statistics(masks, lam, *, whole_image_area: float = 0.9) -> dict:
   """Summary numbers of learned masks ``[B, N, H, W]`` (sum over N is 1 per pixel).
 
-  Keys (all means over samples):
-    ``dominance``: mean over pixels of ``max_i M_i``; 1/N for a uniform blend,
-      1.0 for a hard per-pixel pick.
-    ``spatial_std``: spatial std of each ``M_i``, averaged over i; 0 when every
-      mask is constant over the image (a global blend or a whole-image pick).
-    ``whole_image_frac``: fraction of samples where one source covers more than
-      ``whole_image_area`` of the mixed image (mean of its mask).
-    ``area_lam_gap``: mean |mask area - λ_i|, how far the pixel shares are from
-      the label weights (0 when the label describes the pixels).
-    ``area_mean``: mean mask area per source ``[N]``; ``lam``: the λ used.
+  ``automix_jax.generators.mask_statistics`` (the numbers the learned methods
+  log as ``train/mask_*`` during training; all means over samples):
+  ``dominance`` (mean over pixels of ``max_i M_i``: 1/N for a uniform blend,
+  1.0 for a hard per-pixel pick), ``spatial_std`` (0 when every mask is
+  constant over the image), ``saturated_frac`` (pixels whose weights are all
+  within 0.01 of 0 or 1), ``whole_image_frac`` (samples where one source
+  covers more than ``whole_image_area`` of the mixed image), ``area_lam_gap``
+  (mean |mask area - λ_i|); plus ``area_mean``, the mean mask area per source
+  ``[N]``, and ``lam``, the λ used.
   """
   masks = np.asarray(masks, np.float64)
   lam = np.asarray(lam, np.float64)
   if masks.ndim != 4 or lam.shape != (masks.shape[1],):
     raise ValueError(f"`masks` must be [B, N, H, W] and `lam` [N]; got "
                      f"{masks.shape} and {lam.shape}.")
-  area = masks.mean(axis=(2, 3))                      # [B, N]
+  stats = generators.mask_statistics(np.moveaxis(masks, 1, -1), lam,
+                                     whole_image_area=whole_image_area, xp=np)
   return {
       "num_samples": int(masks.shape[0]),
       "num_sources": int(masks.shape[1]),
-      "dominance": float(masks.max(axis=1).mean()),
-      "spatial_std": float(masks.std(axis=(2, 3)).mean()),
-      "whole_image_frac": float((area.max(axis=1) > whole_image_area).mean()),
-      "area_lam_gap": float(np.abs(area - lam[None]).mean()),
-      "area_mean": [float(a) for a in area.mean(axis=0)],
+      **{k: float(v) for k, v in stats.items()},
+      "area_mean": [float(a) for a in masks.mean(axis=(2, 3)).mean(axis=0)],
       "lam": [float(v) for v in lam],
   }
 

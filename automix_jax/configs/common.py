@@ -216,6 +216,18 @@ def shrink_for_local_run(c: mlc.ConfigDict) -> mlc.ConfigDict:
   return c
 
 
+def set_logit_bound(generator: mlc.ConfigDict, bound: float) -> None:
+  """Adds ``logit_bound`` to a learned method's generator block when > 0.
+
+  An opt-in guard that is not in the reference (``generators.PixelMixBlock`` /
+  ``AdaptiveMask`` ``logit_bound``: soft-clipped logits before the sigmoid /
+  softmax). The key exists only when the guard is on, so the configs without it
+  keep their resume fingerprint (``loop.resume_fingerprint``).
+  """
+  if bound:
+    generator.logit_bound = float(bound)
+
+
 def offline_cpu_run(c: mlc.ConfigDict, arg: mlc.ConfigDict) -> mlc.ConfigDict:
   """Turns a learned-mixing CIFAR recipe into its CPU variant on the offline
   CIFAR-10 archive (``arg``: batch_size, width, images_per_class,

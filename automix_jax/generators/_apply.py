@@ -5,6 +5,8 @@ Kept free of optax/tfds so that ``automix_jax.generators`` imports with flax alo
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 from typing import Any, Optional, Sequence
 
@@ -84,6 +86,55 @@ def check_image_size(image_size: Optional[Sequence[int]], h: int, w: int,
         f"{h * scale}x{w * scale}, but the images are {ih}x{iw}; the mask must "
         f"cover the image exactly{hint}. (Features must be NHWC [B, h, w, C]; "
         f"move the channels of an NCHW map last with jnp.moveaxis(x, 1, -1).)")
+
+
+def check_logit_bound(bound: Any, *, arg: str = "logit_bound"
+                      ) -> Optional[float]:
+  """None (off) or a finite number > 0."""
+  if bound is None:
+    return None
+  if (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+      or not math.isfinite(bound) or bound <= 0):
+    raise ValueError(f"`{arg}` must be None (off) or a finite number > 0, the "
+                     f"largest |logit| before the sigmoid / softmax (e.g. 6.0); "
+                     f"got {bound!r}.")
+  return float(bound)
+
+
+def bound_logits(z: jax.Array, bound: Optional[float]) -> jax.Array:
+  """Soft-clips mask logits to ``(-bound, bound)``: ``z / sqrt(1 + (z/b)^2)``.
+
+  An opt-in guard against a saturated sigmoid / softmax, whose gradient is
+  (numerically) zero for large logits so that the generator stops learning.
+  Bounded logits keep every mask weight away from 0 and 1 (``sigmoid(±b)``), so
+  the sigmoid's own derivative is at least ``sigmoid'(b)``; the soft clip's
+  derivative ``(1 + (z/b)^2)^(-3/2)`` decays only polynomially and stays a
+  normal float32 for ``|z| < ~1e12 b``, so the product never vanishes.
+  ``b·tanh(z/b)`` would not do: its derivative ``1 - tanh^2`` rounds to exactly
+  0 in float32 once ``|z| > ~9 b``, the failure it is meant to prevent. Close to
+  the identity for ``|z| << b`` (``z - z^3 / (2 b^2)``). The form is the
+  inverse square root unit (Carlile et al., "Improving Deep Learning by
+  Inverse Square Root Linear Units", arXiv 1710.09967, 2017). ``bound=None``
+  returns ``z`` itself (no operation: the reference behaviour).
+  """
+  if bound is None:
+    return z
+  return _soft_clip(z, float(bound))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _soft_clip(z: jax.Array, bound: float) -> jax.Array:
+  return z * jax.lax.rsqrt(1.0 + jnp.square(z / jnp.asarray(bound, z.dtype)))
+
+
+@_soft_clip.defjvp
+def _soft_clip_jvp(bound, primals, tangents):
+  # The analytic derivative r^3, r = (1 + (z/b)^2)^(-1/2): autodiff of the
+  # product z·r subtracts two nearly equal terms and loses it in float32 for
+  # |z| >> b (even its sign, at |z| = 1e6 b).
+  (z,), (dz,) = primals, tangents
+  r = jax.lax.rsqrt(1.0 + jnp.square(z / jnp.asarray(bound, z.dtype)))
+  return z * r, dz * r * r * r
 
 
 def check_index_vector(index: Any, batch_size: int, *, arg: str) -> None:

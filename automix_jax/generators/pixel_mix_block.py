@@ -102,6 +102,9 @@ class PixelMixBlock(nn.Module):
     value_reduction: 0 (AutoMix): the value is a 1x1 conv of x[π]; r > 0
       (SAMix): :class:`ValueNet` with ``C // r`` hidden channels (every
       reference config uses C/2).
+    logit_bound: None (reference) or b > 0: soft-clip the upsampled logits to
+      ``(-b, b)`` before the sigmoid (``_apply.bound_logits``), an opt-in guard
+      that keeps the mask's gradient from vanishing when the sigmoid saturates.
     dtype: compute dtype; parameters stay float32 and the mask is float32.
   """
   reduction: int = 2
@@ -113,6 +116,7 @@ class PixelMixBlock(nn.Module):
   lam_residual: bool = False
   x_qk_concat: bool = False
   value_reduction: int = 0
+  logit_bound: Optional[float] = None
   dtype: Any = jnp.float32
 
   def check_options(self) -> None:
@@ -166,6 +170,7 @@ class PixelMixBlock(nn.Module):
     b, h, w, c = G.check_features(features)
     scale = G.check_scale(self.scale)
     G.check_upsample(self.upsample)
+    bound = G.check_logit_bound(self.logit_bound)
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
     G.check_index_vector(index, b, arg="index")
@@ -218,6 +223,7 @@ class PixelMixBlock(nn.Module):
     attn = jax.nn.softmax(attn, axis=-1)
     logits = jnp.einsum("bpq,bqo->bpo", attn, v.astype(jnp.float32))
     logits = G.upsample(logits.reshape(b, h, w, 1), scale, self.upsample)
+    logits = G.bound_logits(logits, bound)
     own_logits = -logits   # own weight 1 - sigmoid(z) = sigmoid(-z)
     own = jax.nn.sigmoid(own_logits)
     return (own, own_logits) if return_logits else own

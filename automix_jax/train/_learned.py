@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from automix_jax import generators
+from automix_jax.generators import _apply as gen_common
 from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
@@ -103,6 +104,16 @@ def check_choice(value: Any, choices, arg: str) -> Any:
   return value
 
 
+def generator_logit_bound(gen_cfg: Mapping, block_name: str) -> float | None:
+  """``config.<block>.generator.logit_bound``: absent, None or 0 -> None (off,
+  the reference), else a number > 0 (``generators`` ``logit_bound``)."""
+  value = gen_cfg.get("logit_bound", None)
+  if value is None or (not isinstance(value, bool) and value == 0):
+    return None
+  return gen_common.check_logit_bound(
+      value, arg=f"{block_name}.generator.logit_bound")
+
+
 def check_batch(batch: Any, *, min_size: int, what: str) -> tuple[jax.Array,
                                                                  jax.Array]:
   """``batch = {"image": [B, H, W, C] float, "label": [B] int}``; B >= min_size."""
@@ -152,6 +163,19 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8
 
 
 soft_ce = losses.soft_cross_entropy
+
+
+def mask_metrics(masks: jax.Array, lam: jax.Array) -> dict:
+  """``mask_<stat>`` train metrics of the generator's masks ``[B, H, W, N]``.
+
+  ``generators.mask_statistics`` (dominance, spatial std, saturated and
+  whole-image fractions, area-λ gap) of the generator's own, differentiable
+  sample, which never falls back to constant λ; the loop logs them as
+  ``train/mask_*`` every log step. A few reductions over the mask: negligible
+  beside the step's forward and backward passes.
+  """
+  return {f"mask_{k}": v
+          for k, v in generators.mask_statistics(masks, lam).items()}
 
 
 # ----------------------------------------------------------------------------

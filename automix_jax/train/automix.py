@@ -23,7 +23,8 @@ Config block ``config.automix`` (configs/automix/cifar100.py documents each key)
 ``alpha, lam_margin, mask_layer, mask_loss, mask_loss_margin,
 mask_loss_schedule ("constant" | "cosine"), teacher_bn ("batch_stats" |
 "running"), generator = {reduction, scale (0 = the reference's rule from the
-image width), upsample, lam_concat}``.
+image width), upsample, lam_concat, logit_bound (optional; absent or 0 = off,
+the reference)}``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class AutoMix(L.LearnedMixingBase):
     gen_common.check_upsample(upsample)
     return {"reduction": int(gen_cfg.get("reduction", 2)),
             "lam_concat": bool(gen_cfg.get("lam_concat", False)),
-            "upsample": upsample}
+            "upsample": upsample,
+            "logit_bound": L.generator_logit_bound(gen_cfg, self.block_name)}
 
   def generator_for(self, image_hw):
     """The Mix Block with its scale resolved for ``image_hw`` (auto: as OpenMixup)."""
@@ -204,7 +206,12 @@ class AutoMix(L.LearnedMixingBase):
     loss_cls = ce_mix + ce_one
     aux = {"stats": stats, "teacher_stats": t_stats2, "x_mb": x_mb, "s_mb": s_mb,
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
-                       "ce_mix": ce_mix, "ce_one": ce_one, **gen_metrics}}
+                       "ce_mix": ce_mix, "ce_one": ce_one, **gen_metrics,
+                       # Own weight 1 - s and partner weight s, label
+                       # weights λ_mb and 1 - λ_mb.
+                       **L.mask_metrics(
+                           jnp.concatenate([1.0 - s_mb, s_mb], axis=-1),
+                           jnp.stack([ctx["lam_mb"], 1.0 - ctx["lam_mb"]]))}}
     return loss_cls, loss_gen, aux
 
   def bounded_l1(self, s: jax.Array, lam: jax.Array) -> jax.Array:

@@ -14,10 +14,12 @@ evals, loop) on top of a pluggable *method* (``automix_jax.train.methods``):
   always resumes from ``workdir`` first. A state is saved only after every step
   since the previous check was verified finite.
 * evals: top-1/top-5 of every ``method.eval_variants`` entry on the test split
-  every ``eval_every_epochs``; ECE and FGSM (``automix_jax.evaluators``) of the
+  every ``eval_every_epochs`` and after each of the last ``report_last_epochs``
+  epochs (``eval_due``); ECE and FGSM (``automix_jax.evaluators``) of the
   reported variant at the end.
 * reporting: the headline number is the median top-1 of the reported variant
-  over the last ``report_last_epochs`` evaluations (OpenMixup / AdAutoMix).
+  over the last ``report_last_epochs`` evaluations (OpenMixup / AdAutoMix),
+  i.e. over the last ``report_last_epochs`` epochs, each one evaluated.
 """
 
 from __future__ import annotations
@@ -206,6 +208,19 @@ class _Evaluator:
     return result
 
 
+def eval_due(epoch: int, *, num_epochs: int, every: int, last: int) -> bool:
+  """Whether the loop evaluates after (1-based) epoch ``epoch``.
+
+  Every ``every`` epochs (``config.eval_every_epochs``), and after every one of
+  the last ``last`` epochs (``config.report_last_epochs``), the final epoch
+  included: the reported number is the median over the last ``last`` *epochs*
+  (OpenMixup / AdAutoMix), so a sparse schedule that saves evaluation time in
+  the middle of a run must still evaluate each epoch of that window. E.g.
+  ``num_epochs=20, every=5, last=3`` -> epochs 5, 10, 15, 18, 19, 20.
+  """
+  return epoch % every == 0 or epoch > num_epochs - last  # last >= 1
+
+
 # ---------------------------------------------------------------------------
 # Summary.
 # ---------------------------------------------------------------------------
@@ -241,6 +256,7 @@ def summarize(history: list[dict], *, reported_variant: str,
       "reported_rule": (f"median top-1 of {reported_variant!r} over the last "
                         f"{len(last)} evaluation(s) (report_last_epochs="
                         f"{report_last})"),
+      "reported_epochs": [h["epoch"] for h in last],
       "variants": variants,
   }
 
@@ -504,6 +520,7 @@ class _Trainer:
     self.step = self.first_step = 0
     self.preempted = False
     self.train_time = self.eval_time = 0.0
+    self.eval_seconds: list[dict] = []
     self.throughput = metrics_lib.Throughput(config.batch_size)
     self.progress = None
     self._pending: list[tuple[int, dict]] = []
@@ -632,11 +649,16 @@ class _Trainer:
   def evaluate(self, epoch: int) -> None:
     t_eval = time.time()
     res = self.evaluator.run(self.state)
-    self.eval_time += time.time() - t_eval
+    seconds = time.time() - t_eval
+    self.eval_time += seconds
+    # Kept out of `history`: a resumed run's history must equal an
+    # uninterrupted one's, timings never do.
+    self.eval_seconds.append({"epoch": epoch, "seconds": seconds})
     self.history.append({"epoch": epoch, "step": self.step, "variants": res})
     self.writer.write(self.step, {f"eval/{n}/{k}": v for n, r in res.items()
                                   for k, v in r.items()} | {
-                                      "epoch": float(epoch)})
+                                      "epoch": float(epoch),
+                                      "eval/seconds": seconds})
     logging.info("epoch %d: %s", epoch, res)
     self.throughput.start(self.step)  # the eval's time is not training time
 
@@ -677,8 +699,9 @@ class _Trainer:
         if self.mask_images is not None and self.mask_images.due(self.step):
           self.log_mask_images()
         epoch = self.step // spe
-        if end_of_epoch and (epoch % config.eval_every_epochs == 0
-                             or self.step == total):
+        if end_of_epoch and eval_due(
+            epoch, num_epochs=config.num_epochs,
+            every=config.eval_every_epochs, last=config.report_last_epochs):
           self.evaluate(epoch)
         # After the epoch's eval, so that a resumed run keeps it in `history`.
         if self.preemption.reached(self.step) and self.step < stop_at:
@@ -727,6 +750,13 @@ class _Trainer:
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": self.step / data.steps_per_epoch,
         "train_time_s": self.train_time, "eval_time_s": self.eval_time,
+        # This invocation's evaluations (the first one compiles the eval
+        # programs) and its train seconds per epoch (without evaluations; the
+        # step's compilation and checkpoint writes included).
+        "eval_seconds": self.eval_seconds,
+        "train_seconds_per_epoch": (
+            self.train_time * data.steps_per_epoch
+            / max(self.step - self.first_step, 1)),
         # Completed computation between host syncs, without compilation,
         # evaluations and checkpoints: the progress bar's last figure.
         "train_images_per_s": self.throughput.images_per_s,

@@ -144,6 +144,13 @@ def test_train_eval_summary_then_stop_mid_epoch_and_resume_bit_identical(
   rates = [l["train/images_per_s"] for l in lines if "train/loss" in l]
   assert len(rates) == 4 and all(r > 0 for r in rates)
   assert summary["train_images_per_s"] > 0
+  # Evaluation time per evaluation, apart from the train time.
+  assert [e["epoch"] for e in summary["eval_seconds"]] == [1, 2]
+  assert summary["eval_time_s"] == pytest.approx(
+      sum(e["seconds"] for e in summary["eval_seconds"]))
+  assert summary["train_seconds_per_epoch"] > 0
+  assert [l["eval/seconds"] for l in lines if "eval/seconds" in l] == [
+      e["seconds"] for e in summary["eval_seconds"]]
   # The resolved config is in the workdir from the start.
   assert json.load(open(straight / loop.CONFIG_FILE)) == json.loads(
       json.dumps(config.to_dict()))
