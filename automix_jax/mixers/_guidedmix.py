@@ -164,20 +164,12 @@ def greedy_cycle_pairing(distance: Array) -> Array:
 
 def _check_saliency(saliency: Any, batch_size: int, height: int, width: int
                     ) -> None:
-  shape = getattr(saliency, "shape", None)
   if saliency is None:
     raise ValueError(
         "guidedmixup needs `saliency`: maps [B, H, W] >= 0 on the images' "
         "grid, e.g. `guided_saliency(input_grad)` of the clean batch (the "
         "trainer computes it when `mixers.needs('guidedmixup')` says so).")
-  if shape is None or tuple(shape) != (batch_size, height, width):
-    raise ValueError(
-        f"`saliency` must be maps of shape [B, H, W] = ({batch_size}, "
-        f"{height}, {width}) on the images' grid; got "
-        f"{tuple(shape) if shape is not None else type(saliency).__name__}.")
-  if not jnp.issubdtype(saliency.dtype, jnp.floating):
-    raise ValueError(f"`saliency` must be floating point; got dtype "
-                     f"{saliency.dtype}.")
+  S_.check_saliency(saliency, batch_size, height, width)
   C.check_in_range(saliency, 0, np.inf, "`saliency` must be >= 0 and finite; "
                    "got range [{lo}, {hi}].", closed=False)
 
