@@ -31,10 +31,13 @@ from automix_jax.mixers._common import mix_labels
 from automix_jax.mixers._common import one_hot
 from automix_jax.mixers._compose import get
 from automix_jax.mixers._compose import hyperparameter_names
+from automix_jax.mixers._compose import NEEDS
 from automix_jax.mixers._compose import names
+from automix_jax.mixers._compose import needs
 from automix_jax.mixers._compose import no_mix
 from automix_jax.mixers._compose import per_device
 from automix_jax.mixers._compose import register
+from automix_jax.mixers._compose import saliency_fn
 from automix_jax.mixers._compose import switch
 from automix_jax.mixers._cutmix import cutmix
 from automix_jax.mixers._fmix import fmix
