@@ -16,6 +16,7 @@ from automix_jax.mixers import _attentive
 from automix_jax.mixers import _cutmix
 from automix_jax.mixers import _fmix
 from automix_jax.mixers import _gridmix
+from automix_jax.mixers import _guidedmix
 from automix_jax.mixers import _maskmix
 from automix_jax.mixers import _nway
 from automix_jax.mixers import _resizemix
@@ -42,6 +43,8 @@ from automix_jax.mixers._compose import switch
 from automix_jax.mixers._cutmix import cutmix
 from automix_jax.mixers._fmix import fmix
 from automix_jax.mixers._gridmix import gridmix
+from automix_jax.mixers._guidedmix import guided_saliency
+from automix_jax.mixers._guidedmix import guidedmixup
 from automix_jax.mixers._maskmix import maskmix
 from automix_jax.mixers._mixup import mixup
 from automix_jax.mixers._nway import nway_mixup
@@ -60,3 +63,5 @@ register("smoothmix", checks=_smoothmix.CHECKS)(smoothmix)
 register("attentivemix", checks=_attentive.CHECKS)(attentive_grid_mix)
 register("maskmix", checks=_maskmix.CHECKS)(maskmix)
 register("nway_mixup", checks=_nway.CHECKS)(nway_mixup)
+register("guidedmixup", checks=_guidedmix.CHECKS, needs=("saliency",),
+         saliency_fn=guided_saliency)(guidedmixup)

@@ -77,9 +77,12 @@ def test_traced_lam_and_index_out_of_range_fail_checkify():
 # ----------------------------------------------------------------------------
 
 
-def _hparams(name, b=B):
+def _hparams(name, b=B, h=H, w=W):
+  """Per-call arrays: attentive scores, model inputs (``mixers.needs``)."""
   if name == "attentivemix":
     return {"scores": jax.random.uniform(jax.random.key(7), (b, 4, 4))}
+  if "saliency" in mixers.needs(name):
+    return {"saliency": jax.random.uniform(jax.random.key(8), (b, h, w))}
   return {}
 
 
@@ -87,7 +90,7 @@ def _hparams(name, b=B):
 def test_nchw_is_refused_or_mixed_over_height_and_width(name):
   x, y = _batch()
   x_nchw = jnp.moveaxis(x, -1, 1)                 # [B, 3, 8, 8]
-  fn = mixers.get(name, **_hparams(name))
+  fn = functools.partial(mixers.get(name), **_hparams(name))
   key = jax.random.key(3)
   with pytest.raises(ValueError, match="data_format"):
     fn(key, x_nchw, y)
@@ -144,7 +147,9 @@ def test_shipped_cifar_configs_mix_at_32_px():
     names = mixers.hyperparameter_names(mixer)
     draw = ({"lam": 0.5} if "lam" in names else
             {"tau": 0.5} if "tau" in names else {})
-    _, _, aux = mixers.get(mixer, **kwargs, **draw)(jax.random.key(0), x, y)
+    inputs = _hparams(mixer, *x.shape[:3]) if mixers.needs(mixer) else {}
+    _, _, aux = mixers.get(mixer, **kwargs, **draw)(jax.random.key(0), x, y,
+                                                    **inputs)
     assert (np.asarray(aux["lam"]) < 1).all(), name
 
 
