@@ -29,6 +29,7 @@ from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
 from automix_jax.train import state as state_lib
+from automix_jax.train import sumix
 
 
 def _cfg_dict(x: Any) -> dict:
@@ -256,6 +257,12 @@ class StaticMixing:
     (refused by ``check_config``).
 
   A model-aware mixer inside ``config.switch`` is refused.
+
+  ``config.label_mix`` (``automix_jax/train/sumix.py``): ``"sumix"`` adds the
+  model head ``"uncertain"`` and a differentiated clean-batch forward; the
+  loss is SUMix's (per-sample corrected targets + uncertainty term) from the
+  clean and mixed outputs and the mixer's ``lam`` / ``index`` (two-image
+  mixers, any of them, also a switch or a model-aware mixer).
   """
 
   reported_variant: str
@@ -268,6 +275,7 @@ class StaticMixing:
     per-device mixing / BatchNorm when it mixes features)."""
     _config_mixer(config)
     _check_model_needs(config)
+    sumix.from_config(config)
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -279,7 +287,10 @@ class StaticMixing:
     self.steps_per_epoch = int(steps_per_epoch)
     self.total_steps = self.steps_per_epoch * int(config.num_epochs)
     self.mesh = mesh
-    self.model = build_model(config, num_classes)
+    # A label/loss wrapper (config.label_mix, SUMix) may add a model head.
+    self.label_mix = sumix.from_config(config)
+    self.model = build_model(config, num_classes, heads=("one",) + (
+        self.label_mix.heads if self.label_mix is not None else ()))
     self.mixer = build_mixer(config, mesh)
     self.needs = model_needs(config)
     self.saliency_fn = (mixers.saliency_fn(config.mixer.name)
@@ -330,15 +341,27 @@ class StaticMixing:
       mixed, model_kwargs = images, {"feature_mix": mixed}
 
     def loss_fn(params):
+      stats = start_stats
+      if self.label_mix is not None:
+        # SUMix: a differentiated train-mode forward of the clean batch
+        # first, whose running statistics the mixed forward continues from
+        # (the reference's order).
+        clean_out, stats = train_apply(
+            self.model, {"params": params, "batch_stats": stats}, images,
+            rngs={"dropout": jax.random.fold_in(k_drop, 1)},
+            groups=self.bn_groups)
       out, batch_stats = train_apply(
-          self.model, {"params": params, "batch_stats": start_stats},
+          self.model, {"params": params, "batch_stats": stats},
           mixed, rngs={"dropout": k_drop}, groups=self.bn_groups,
           **model_kwargs)
+      if self.label_mix is not None:
+        loss, extra = self.label_mix.loss(clean_out, out, labels, targets, aux)
+        return loss, (batch_stats, extra)
       loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
-      return loss, batch_stats
+      return loss, (batch_stats, {})
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (batch_stats, extra)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -348,6 +371,7 @@ class StaticMixing:
         "lr": self.lr_fn(state.step),
         "lam_mean": jnp.mean(aux["lam"]),
         "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss)),
+        **extra,
     }
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
