@@ -15,7 +15,8 @@ Follows the authors' code (github.com/Shaoli-Huang/SnapMix,
 
 * a pair with the same label gets ``w_a = w_b = w_a + w_b``;
 * a constant map (sum 0 after the shift; NaN in the reference) falls back to
-  the box areas, ``w_a = 1 - area/HW`` and ``w_b = area/HW`` of the own box;
+  the box areas, ``w_a = 1 - area/HW`` and ``w_b = area/HW`` of the own box
+  (for both weights of a same-label pair, as the NaN spreads through the sum);
 * nothing is mixed (``w_a = 1, w_b = 0``) when either box is empty or, with
   probability ``1 - prob``, for the whole batch (the reference's ``prob``);
 * one λ, one λ' and one pair of boxes per batch (``lam_scope="batch"``) and a
@@ -194,15 +195,17 @@ def snapmix(key: Array, images: Array, labels: Array, *, cam: Array,
   maps, valid = semantic_maps(jax.lax.stop_gradient(cam), height, width)
   mass = lambda m, b: jnp.sum(m * B_.box_inside(b, height, width), (1, 2))
   total = jnp.sum(maps, axis=(1, 2))
-  w_a = jnp.where(valid, 1.0 - mass(maps, box) / (total + 1e-8), area_lam)
+  w_a = 1.0 - mass(maps, box) / (total + 1e-8)
   maps_p, valid_p = C.take(maps, index), C.take(valid, index)
-  total_p = C.take(total, index)
-  w_b = jnp.where(valid_p, mass(maps_p, box_p) / (total_p + 1e-8),
-                  1.0 - area_lam)
+  w_b = mass(maps_p, box_p) / (C.take(total, index) + 1e-8)
   same = jnp.all(labels == C.take(labels, index), axis=-1)
   w_a, w_b = (jnp.where(same, w_a + w_b, w_a), jnp.where(same, w_b + w_a, w_b))
-  w_a = jnp.where(applied, w_a, 1.0)
-  w_b = jnp.where(applied, w_b, 0.0)
+  # The reference's NaN (constant map) spreads through the same-label sum
+  # before it is replaced by the area weights.
+  ok_a = valid & (~same | valid_p)
+  ok_b = valid_p & (~same | valid)
+  w_a = jnp.where(applied, jnp.where(ok_a, w_a, area_lam), 1.0)
+  w_b = jnp.where(applied, jnp.where(ok_b, w_b, 1.0 - area_lam), 0.0)
 
   if normalize:
     weight_sum = w_a + w_b
