@@ -150,6 +150,11 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (1..4; 0 is the input)."""
+    return len(self.stage_sizes)
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     if self.block not in _BLOCKS:

@@ -168,6 +168,11 @@ class ViT(nn.Module):
     d = self.depth
     return (max(1, d // 4), max(1, d // 2), max(1, 3 * d // 4), d)
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (blocks 1..depth; 0 the input)."""
+    return self.depth
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     _heads.check_positive_int(self.patch_size, "patch_size")

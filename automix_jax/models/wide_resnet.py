@@ -96,6 +96,11 @@ class WideResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (the 3 groups; 0 is the input)."""
+    return 3
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     depth = _heads.check_positive_int(self.depth, "depth", minimum=10)

@@ -18,6 +18,7 @@ computes what the mixer asks for inside the same jitted step (see
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -97,6 +98,33 @@ def _check_model_needs(config: Any) -> None:
       raise ValueError(
           f"`config.{key}=True` is not supported with mixer "
           f"{config.mixer.name!r}: it {why}. Set `config.{key}=False`.")
+
+
+# Hyperparameters by which a "feature_mix" mixer names the stages it mixes
+# (docs/interfaces.md): an int `stage` or a tuple `stages`.
+STAGE_HYPERPARAMETERS = ("stage", "stages")
+
+
+def check_feature_stages(config: Any, model: Any) -> None:
+  """Refuses a ``feature_mix`` mixer whose ``stage``/``stages`` the model
+  lacks (it would never be called there: labels mixed, features not)."""
+  name = config.mixer.name
+  kwargs = _cfg_dict(config.mixer.get("kwargs", None))
+  params = inspect.signature(mixers.get(name)).parameters
+  last = int(model.num_feature_stages)
+  for hp in STAGE_HYPERPARAMETERS:
+    if hp not in params:
+      continue
+    value = kwargs.get(hp, params[hp].default)
+    if value is None or value is inspect.Parameter.empty:
+      continue
+    values = (value,) if isinstance(value, int) else tuple(value)
+    if any(not 0 <= int(v) <= last for v in values):
+      raise ValueError(
+          f"`config.mixer.kwargs.{hp}` = {value!r}: model "
+          f"{config.model.name!r} calls `feature_mix` at stages 0..{last} "
+          f"(0 the input), so mixer {name!r} would never mix there. Set "
+          f"`config.mixer.kwargs.{hp}` within 0..{last}.")
 
 
 def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
@@ -293,6 +321,8 @@ class StaticMixing:
         self.label_mix.heads if self.label_mix is not None else ()))
     self.mixer = build_mixer(config, mesh)
     self.needs = model_needs(config)
+    if "feature_mix" in self.needs:
+      check_feature_stages(config, self.model)
     self.saliency_fn = (mixers.saliency_fn(config.mixer.name)
                         if "saliency" in self.needs else None)
     self.bn_groups = bn_groups(config, mesh)

@@ -29,7 +29,11 @@ def _hparams(name):
   return {}
 
 
-MIXERS = [n for n in mixers.names() if n != "none"]
+# Static mixers, and model-aware ones that need only a saliency map (given by
+# _model_inputs). Those needing a CAM or returning a feature_mix function are
+# checked by tests/train/test_model_aware.py and their own files.
+MIXERS = [n for n in mixers.names()
+          if n != "none" and set(mixers.needs(n)) <= {"saliency"}]
 # ResizeMix pastes a *resized* partner, so its pixels are not
 # mask * x + (1 - mask) * x[index]; its own test checks provenance.
 NO_PIXEL_PROVENANCE = {"resizemix"}
