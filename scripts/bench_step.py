@@ -4,15 +4,15 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --widths 0.25 --steps 20 --no-torch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
-For every method (vanilla, MixUp, CutMix, AutoMix, AdAutoMix, SAMix) the
-script builds the real training method from its config file (CIFAR-100
-ResNet-18 recipe: batch 100, 32x32x3, 100 classes) at each requested width,
-jits ``train_step`` exactly as the trainer does (state replicated, batch
-sharded on the "data" mesh axis, ``donate_argnums=0``), reports compile time
-separately and the median time of the timed steps after warm-up, and the ratio
-to the vanilla step measured in the same run. The PyTorch peer
-(scripts/torch_peer.py: vanilla, MixUp, AdAutoMix written from the algorithm
-description) is timed on the same machine in the same run.
+For every method (vanilla, MixUp, CutMix, CutMix+SUMix, AutoMix, AdAutoMix, SAMix and the
+model-aware ManifoldMix, AlignMix, SnapMix, GuidedMixup) the script builds the real
+training method from its config file (CIFAR-100 ResNet-18 recipe: batch 100,
+32x32x3, 100 classes) at each requested width, jits ``train_step`` exactly as the
+trainer does (state replicated, batch sharded on the "data" mesh axis,
+``donate_argnums=0``), reports compile time separately and the median time of the
+timed steps after warm-up, and the ratio to the vanilla step measured in the same
+run. The PyTorch peer (scripts/torch_peer.py: vanilla, MixUp, AdAutoMix written from
+the algorithm description) is timed on the same machine in the same run.
 
 ``--scaling`` runs the sharded MixUp step in subprocesses with 1, 2, 4 and 8 fake
 CPU devices on the same global batch, checks that loss and parameters agree with
@@ -42,9 +42,19 @@ METHODS = {
     "vanilla": ("configs/cifar100_resnet18.py", "mixer=vanilla", "vanilla"),
     "mixup": ("configs/cifar100_resnet18.py", "mixer=mixup", "mixup"),
     "cutmix": ("configs/cifar100_resnet18.py", "mixer=cutmix", None),
+    # SUMix (config.label_mix): a second, differentiated clean forward.
+    "cutmix+sumix": ("configs/cifar100_resnet18.py",
+                     "mixer=cutmix,label_mix=sumix", None),
     "automix": ("configs/automix/cifar100.py", "", None),
     "adautomix": ("configs/adautomix/cifar100.py", "", "adautomix"),
     "samix": ("configs/samix/cifar100.py", "", None),
+    # Model-aware (docs/interfaces.md): feature mixing in the one forward;
+    # SnapMix adds a clean forward for the CAM.
+    "manifoldmix": ("configs/cifar100_resnet18.py", "mixer=manifoldmix", None),
+    "alignmix": ("configs/cifar100_resnet18.py", "mixer=alignmix", None),
+    "snapmix": ("configs/cifar100_resnet18.py", "mixer=snapmix", None),
+    # GuidedMixup: an input-gradient pass (forward + backward) for the saliency.
+    "guidedmixup": ("configs/cifar100_resnet18.py", "mixer=guidedmixup", None),
 }
 BATCH, SIZE, CLASSES, STEPS_PER_EPOCH = 100, 32, 100, 500
 

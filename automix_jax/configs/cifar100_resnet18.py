@@ -5,13 +5,16 @@ OpenMixup ``configs/classification/cifar100/mixups/basic/r18_mixups_CE_none.py``
 batch 100 on one device, cosine per epoch to ``min_lr``, RandomCrop 32 pad 4 +
 flip, mean/std (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.201), each mixer at
 its CIFAR α (mixup 1, cutmix 0.2, fmix 0.2, saliencymix 0.2, resizemix 1,
-gridmix 0.2, smoothmix 0.2, maskmix 1; attentivemix is left out because it needs
-a frozen pretrained scorer). Reported number: median top-1 of the last 10
-epochs (AdAutoMix's protocol).
+gridmix 0.2, smoothmix 0.2, maskmix 1, manifoldmix 2, alignmix 2; snapmix
+Beta(1, 1) with prob 0.5; attentivemix is left out because it needs a frozen
+pretrained scorer). Reported number: median top-1 of the last 10 epochs
+(AdAutoMix's protocol).
 
 Args (``:k=v,...``):
   mixer: vanilla | mixup | cutmix | fmix | saliencymix | resizemix | gridmix |
-    smoothmix | maskmix, or several joined by "+" for a uniform random switch.
+    smoothmix | maskmix | manifoldmix | alignmix | snapmix | guidedmixup, or
+    several static ones joined by "+" for a uniform random switch.
+  label_mix: none | sumix (SUMix's label correction on top of the mixer).
   epochs: 200 | 400 | 800 | 1200 (any positive int is accepted).
   min_lr: cosine floor (OpenMixup's mixup benchmark: 0; AutoMix/AdAutoMix: 0.05).
   ema: keep an EMA teacher (momentum 0.999 -> 0.999999, AutoMix cosine hook)
@@ -28,8 +31,8 @@ from automix_jax.configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, mixer="mixup", epochs=400, min_lr=0.0,
-                         ema=False, runlocal=False)
+  arg = common.parse_arg(arg, mixer="mixup", label_mix="none", epochs=400,
+                         min_lr=0.0, ema=False, runlocal=False)
   if arg.epochs < 1:
     raise ValueError(f"`epochs` must be >= 1; got {arg.epochs}.")
   c = common.base_config()
@@ -42,6 +45,7 @@ def get_config(arg=None):
   c.model.width = 1.0
 
   c.mixer, c.switch = common.mixer_block(arg.mixer)
+  c.label_mix = common.label_mix_block(arg.label_mix)
 
   common.automix_ema(c, enabled=arg.ema)
 

@@ -74,7 +74,35 @@ OPENMIXUP_CIFAR_MIXERS = {
     "gridmix": ("gridmix", {"alpha": 0.2}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
     "maskmix": ("maskmix", {"alpha": 1.0, "grid": 4}),  # 8-px cells at 32 px
+    # Model-aware mixers (docs/interfaces.md): the static method computes what
+    # they need from the model in the same step. They cannot join a "+" switch.
+    # ManifoldMix and AlignMix at the α of OpenMixup's CIFAR-100 README (2);
+    # SnapMix has no OpenMixup CIFAR entry: its authors' Beta(1, 1) with the
+    # prob 0.5 their README uses for training from scratch.
+    "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
+    "alignmix": ("alignmix", {"alpha": 2.0}),
+    "snapmix": ("snapmix", {"alpha": 1.0, "prob": 0.5}),
+    # Model-aware: no α (λ is the mean saliency ratio); mixes 80 % of the
+    # batches, the authors' Guided-AP CIFAR-100 run (--mix_prob 0.8).
+    "guidedmixup": ("guidedmixup", {"mix_prob": 0.8}),
 }
+
+# Label/loss wrappers (config.label_mix) of the static method, usable with
+# any two-image mixer, at the authors' CIFAR-100 settings: SUMix's
+# ClsUncertainMixupHead gama=0.5 (github.com/JinXins/SUMix, configs/
+# classification/cifar100/mixups/uncertain/r18_mixups_none.py).
+LABEL_MIXES = {
+    "none": {},
+    "sumix": {"gamma": 0.5},
+}
+
+
+def label_mix_block(name: str) -> mlc.ConfigDict:
+  """``config.label_mix`` for a wrapper name ("none" or "sumix")."""
+  if name not in LABEL_MIXES:
+    raise ValueError(f"unknown label_mix {name!r}; choose from "
+                     f"{', '.join(sorted(LABEL_MIXES))}.")
+  return mlc.ConfigDict({"name": name, "kwargs": dict(LABEL_MIXES[name])})
 
 
 def mixer_block(mixer: str) -> tuple[mlc.ConfigDict, mlc.ConfigDict]:
@@ -146,6 +174,9 @@ def base_config() -> mlc.ConfigDict:
   c.label_smoothing = 0.0
 
   c.mixer, c.switch = mixer_block("mixup")
+  # Static method only: a label/loss wrapper of the mixer's output
+  # (automix_jax/train/sumix.py), "none" or "sumix".
+  c.label_mix = label_mix_block("none")
   # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners
   # and λ drawn inside each device's shard; BatchNorm statistics per device.
   c.per_device_mixing = False

@@ -452,6 +452,15 @@ def one_hot(labels: Any, num_classes: int, *, smoothing: float = 0.0,
   return (hot * (on - off) + off).astype(dtype)
 
 
+def explicit_mesh(x: Any) -> Any:
+  """The mesh of ``x``'s sharding if it has Explicit axes, else None."""
+  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+  if (mesh is None or getattr(mesh, "empty", True) or
+      jax.sharding.AxisType.Explicit not in tuple(mesh.axis_types)):
+    return None
+  return mesh
+
+
 def take(x: Any, index: Array) -> Array:
   """``x[index]``: rows of ``x`` along the batch axis, on any mesh.
 
@@ -460,13 +469,11 @@ def take(x: Any, index: Array) -> Array:
   rows then keep ``x``'s batch sharding (``.at[index].get(out_sharding=)``).
   Elsewhere (no mesh, Auto axes, inside ``shard_map``) this is ``x[index]``.
   """
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  mesh = getattr(sharding, "mesh", None)
-  explicit = jax.sharding.AxisType.Explicit
-  if (mesh is None or getattr(mesh, "empty", True) or
-      explicit not in tuple(mesh.axis_types)):
+  mesh = explicit_mesh(x)
+  if mesh is None:
     return x[index]
-  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+  spec = tuple(jax.typeof(x).sharding.spec)
+  spec = spec + (None,) * (x.ndim - len(spec))
   out = jax.P(spec[0], *((None,) * (index.ndim - 1)), *spec[1:])
   return x.at[index].get(out_sharding=jax.sharding.NamedSharding(mesh, out))
 

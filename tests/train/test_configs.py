@@ -24,10 +24,12 @@ CONFIG_FILES = sorted(
 DOCUMENTED_ARGS = {
     "cifar100_resnet18": [
         None, "runlocal", "min_lr=0.05,ema", "mixer=mixup+cutmix",
+        "mixer=cutmix,label_mix=sumix",
         *[f"mixer={m}" for m in common.OPENMIXUP_CIFAR_MIXERS],
         *[f"epochs={e}" for e in (200, 400, 800, 1200)]],
     "cifar10_cpu": [None, "mixer=cutmix,epochs=5,images_per_class=0",
-                    "width=0.25,ema", "mixer=vanilla"],
+                    "width=0.25,ema", "mixer=vanilla",
+                    "mixer=guidedmixup,label_mix=sumix"],
 }
 
 
