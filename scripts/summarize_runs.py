@@ -857,11 +857,11 @@ def overall_figure(runs: list[dict]):
   for ax in (ax_r, ax_o):
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 (%)")
-  return _save_figure(plt, fig, (ax_r, ax_o), out)
+  return _finish_figure(fig, (ax_r, ax_o))
 
 
-def _save_figure(plt, fig, axes, out: str) -> str:
-  """Grid and legend on ``axes``, then ``fig`` to the PNG ``out``."""
+def _finish_figure(fig, axes):
+  """Grid and legend on ``axes``; returns ``fig``."""
   for ax in axes:
     ax.grid(alpha=0.3)
     if ax.lines:
@@ -870,13 +870,17 @@ def _save_figure(plt, fig, axes, out: str) -> str:
   return fig
 
 
-def plot_overall(runs: list[dict], out: str) -> str:
-  """Writes ``overall_figure(runs)`` to the PNG ``out``; returns it."""
-  fig = overall_figure(runs)
+def _save_figure(plt, fig, out: str) -> str:
+  """``fig`` to the PNG ``out`` (closed); returns ``out``."""
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110, metadata={"Software": None})
-  _plot_run().plt.close(fig)
+  plt.close(fig)
   return out
+
+
+def plot_overall(runs: list[dict], out: str) -> str:
+  """Writes ``overall_figure(runs)`` to the PNG ``out``; returns it."""
+  return _save_figure(_plot_run().plt, overall_figure(runs), out)
 
 
 def plot_masks(runs: list[dict], out: str) -> str:
@@ -899,7 +903,7 @@ def plot_masks(runs: list[dict], out: str) -> str:
       ax.set_yscale("log")
     ax.set_title(stat)
     ax.set_xlabel("step")
-  return _save_figure(plt, fig, axes.flat, out)
+  return _save_figure(plt, _finish_figure(fig, axes.flat), out)
 
 
 def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:

@@ -38,6 +38,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from automix_jax import generators  # noqa: E402
+
 DEFAULT_CONFIGS = ("configs/automix/cifar10_cpu.py",
                    "configs/adautomix/cifar10_cpu.py")
 
