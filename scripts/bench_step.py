@@ -4,9 +4,10 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --widths 0.25 --steps 20 --no-torch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
-For every method (vanilla, MixUp, CutMix, AutoMix, AdAutoMix) the script builds the
-real training method from its config file (CIFAR-100 ResNet-18 recipe: batch 100,
-32x32x3, 100 classes) at each requested width, jits ``train_step`` exactly as the
+For every method (vanilla, MixUp, CutMix, AutoMix, AdAutoMix and the model-aware
+ManifoldMix, AlignMix, SnapMix) the script builds the real training method from
+its config file (CIFAR-100 ResNet-18 recipe: batch 100, 32x32x3, 100 classes) at
+each requested width, jits ``train_step`` exactly as the
 trainer does (state replicated, batch sharded on the "data" mesh axis,
 ``donate_argnums=0``), reports compile time separately and the median time of the
 timed steps after warm-up, and the ratio to the vanilla step measured in the same
@@ -43,6 +44,11 @@ METHODS = {
     "cutmix": ("configs/cifar100_resnet18.py", "mixer=cutmix", None),
     "automix": ("configs/automix/cifar100.py", "", None),
     "adautomix": ("configs/adautomix/cifar100.py", "", "adautomix"),
+    # Model-aware (docs/interfaces.md): feature mixing in the one forward;
+    # SnapMix adds a clean forward for the CAM.
+    "manifoldmix": ("configs/cifar100_resnet18.py", "mixer=manifoldmix", None),
+    "alignmix": ("configs/cifar100_resnet18.py", "mixer=alignmix", None),
+    "snapmix": ("configs/cifar100_resnet18.py", "mixer=snapmix", None),
 }
 BATCH, SIZE, CLASSES, STEPS_PER_EPOCH = 100, 32, 100, 500
 

@@ -5,13 +5,15 @@ OpenMixup ``configs/classification/cifar100/mixups/basic/r18_mixups_CE_none.py``
 batch 100 on one device, cosine per epoch to ``min_lr``, RandomCrop 32 pad 4 +
 flip, mean/std (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.201), each mixer at
 its CIFAR α (mixup 1, cutmix 0.2, fmix 0.2, saliencymix 0.2, resizemix 1,
-gridmix 0.2, smoothmix 0.2, maskmix 1; attentivemix is left out because it needs
-a frozen pretrained scorer). Reported number: median top-1 of the last 10
-epochs (AdAutoMix's protocol).
+gridmix 0.2, smoothmix 0.2, maskmix 1, manifoldmix 2, alignmix 2; snapmix
+Beta(1, 1) with prob 0.5; attentivemix is left out because it needs a frozen
+pretrained scorer). Reported number: median top-1 of the last 10 epochs
+(AdAutoMix's protocol).
 
 Args (``:k=v,...``):
   mixer: vanilla | mixup | cutmix | fmix | saliencymix | resizemix | gridmix |
-    smoothmix | maskmix, or several joined by "+" for a uniform random switch.
+    smoothmix | maskmix | manifoldmix | alignmix | snapmix, or several static
+    ones joined by "+" for a uniform random switch.
   epochs: 200 | 400 | 800 | 1200 (any positive int is accepted).
   min_lr: cosine floor (OpenMixup's mixup benchmark: 0; AutoMix/AdAutoMix: 0.05).
   ema: keep an EMA teacher (momentum 0.999 -> 0.999999, AutoMix cosine hook)

@@ -74,6 +74,14 @@ OPENMIXUP_CIFAR_MIXERS = {
     "gridmix": ("gridmix", {"alpha": 0.2}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
     "maskmix": ("maskmix", {"alpha": 1.0, "grid": 4}),  # 8-px cells at 32 px
+    # Model-aware mixers (docs/interfaces.md): the static method computes what
+    # they need from the model in the same step. They cannot join a "+" switch.
+    # ManifoldMix and AlignMix at the α of OpenMixup's CIFAR-100 README (2);
+    # SnapMix has no OpenMixup CIFAR entry: its authors' Beta(1, 1) with the
+    # prob 0.5 their README uses for training from scratch.
+    "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
+    "alignmix": ("alignmix", {"alpha": 2.0}),
+    "snapmix": ("snapmix", {"alpha": 1.0, "prob": 0.5}),
 }
 
 
