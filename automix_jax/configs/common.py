@@ -111,6 +111,20 @@ def mixer_block(mixer: str) -> tuple[mlc.ConfigDict, mlc.ConfigDict]:
   return mix, switch
 
 
+def decouple_block(*, enabled: bool = True, eta: float = 0.1,
+                   lam_scale: str = "pow", lam_thr: float = 1.0,
+                   lam_idx: float = 1.0, mode: str = "both", thr: float = 0.5,
+                   min_weight: float = 1e-3) -> mlc.ConfigDict:
+  """``config.loss.decouple``: DecoupleMix's regulariser
+  (``automix_jax.train.losses.decoupled_regularizer``). Defaults: OpenMixup's
+  CIFAR decouple configs (``ClsMixupHead(lam_scale_mode='pow', lam_thr=1,
+  lam_idx=1, eta_weight=dict(eta=0.1, mode='both'))``: η = 0.1 λ_i)."""
+  return mlc.ConfigDict({
+      "enabled": enabled, "eta": eta, "lam_scale": lam_scale,
+      "lam_thr": lam_thr, "lam_idx": lam_idx, "mode": mode, "thr": thr,
+      "min_weight": min_weight})
+
+
 def base_config() -> mlc.ConfigDict:
   """Every key the trainer reads, with defaults (docs/config_schema.md)."""
   c = mlc.ConfigDict()
@@ -150,6 +164,9 @@ def base_config() -> mlc.ConfigDict:
       "by_epoch": True, "warmup_epochs": 0.0, "warmup_start_lr": 0.0,
       "grad_clip_norm": 0.0})
   c.label_smoothing = 0.0
+  # Loss variants on the mixed samples (static: the mixed CE; learned: the
+  # classifier's mixed CE). DecoupleMix (Liu et al., NeurIPS 2023): off.
+  c.loss = mlc.ConfigDict({"decouple": decouple_block(enabled=False)})
 
   c.mixer, c.switch = mixer_block("mixup")
   # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners

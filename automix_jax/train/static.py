@@ -322,6 +322,8 @@ class StaticMixing:
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"`label_smoothing` must lie in [0, 1); got "
                        f"{self.label_smoothing}.")
+    # DecoupleMix (config.loss.decouple; None = plain soft CE).
+    self.decouple = losses.decouple_from_config(config.get("loss", None))
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -364,11 +366,13 @@ class StaticMixing:
           self.model, {"params": params, "batch_stats": start_stats},
           mixed, rngs={"dropout": k_drop}, groups=self.bn_groups,
           **model_kwargs)
-      loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
-      return loss, batch_stats
+      loss, reg = losses.mixed_cross_entropy(
+          out["logits"]["one"], mixed_targets, labels, decouple=self.decouple,
+          smoothing=self.label_smoothing)
+      return loss, (batch_stats, reg)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (batch_stats, reg)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -379,6 +383,8 @@ class StaticMixing:
         "lam_mean": jnp.mean(aux["lam"]),
         "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss)),
     }
+    if self.decouple is not None:
+      metrics["decouple_reg"] = reg
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
       # m(t) of the iteration just taken (t = state.step before increment).
