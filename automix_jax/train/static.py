@@ -194,9 +194,10 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   """Train-mode forward: ``(out, new_batch_stats)``.
 
   ``model_kwargs`` go to ``model.apply`` (``feature_mix=fn`` of a model-aware
-  mixer). With ``groups > 1`` each must be None or an array with the batch's
-  leading dimension, split with it; a callable such as ``feature_mix`` cannot
-  be split and raises ``ValueError``.
+  mixer, ``return_attention=True`` of a ViT). With ``groups > 1`` each must be
+  None, a Python bool (passed to every slice as it is) or an array with the
+  batch's leading dimension, split with it; a callable such as
+  ``feature_mix`` cannot be split and raises ``ValueError``.
 
   ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
   slices ``[groups, B / groups, ...]`` (one per device of the batch sharding,
@@ -206,9 +207,13 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   cross-replica mean, equal to averaging every device's running statistics).
   Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
   """
+  # Static switches (bools) go to every slice unsplit.
+  flags = {k: v for k, v in model_kwargs.items() if isinstance(v, bool)}
+  model_kwargs = {k: v for k, v in model_kwargs.items() if k not in flags}
+
   def one(x, keys, kwargs):
     out, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                           rngs=keys, **kwargs)
+                           rngs=keys, **kwargs, **flags)
     return out, upd.get("batch_stats", variables.get("batch_stats", {}))
 
   if groups == 1:
