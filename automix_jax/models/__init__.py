@@ -1,4 +1,4 @@
-"""Model zoo (Flax Linen): CIFAR/ImageNet ResNets, WideResNet, ViT/DeiT.
+"""Model zoo (Flax Linen): CIFAR/ImageNet ResNets, WideResNet, ViT/DeiT, Swin.
 
 Every model follows docs/interfaces.md ("Models")::
 
@@ -10,9 +10,10 @@ Every model follows docs/interfaces.md ("Models")::
   out["stages"][2]       # [B, 8, 8, 256], the AutoMix/AdAutoMix mask feature
   out["pooled"]          # [B, 512] float32
 
-ViTs have no BatchNorm (``mutable=["batch_stats"]`` returns empty updates) and
-also return ``"cls_attention"``; they need a ``"dropout"`` rng when trained with
-a nonzero dropout or drop-path rate.
+ViTs and Swin have no BatchNorm (``mutable=["batch_stats"]`` returns empty
+updates) and also return ``"token_attention"`` (ViTs: ``"cls_attention"`` too,
+and per-block ``"attention"`` with ``return_attention=True``); they need a
+``"dropout"`` rng when trained with a nonzero dropout or drop-path rate.
 """
 
 import dataclasses
@@ -27,10 +28,12 @@ import numpy as np
 
 from automix_jax.models import _heads
 from automix_jax.models import resnet
+from automix_jax.models import swin
 from automix_jax.models import vit
 from automix_jax.models import wide_resnet
 from automix_jax.models._heads import LinearHeads  # noqa: F401
 from automix_jax.models.resnet import ResNet
+from automix_jax.models.swin import Swin
 from automix_jax.models.vit import ViT
 from automix_jax.models.wide_resnet import WideResNet
 
@@ -39,6 +42,7 @@ _REGISTRY = {
     **{n: (ResNet, p) for n, p in resnet.PRESETS.items()},
     **{n: (WideResNet, p) for n, p in wide_resnet.PRESETS.items()},
     **{n: (ViT, p) for n, p in vit.PRESETS.items()},
+    **{n: (Swin, p) for n, p in swin.PRESETS.items()},
 }
 # Set by build() itself; the remaining dataclass fields may be overridden.
 _BUILD_ARGS = ("num_classes", "width", "heads", "dtype")
@@ -183,6 +187,36 @@ def class_activation_map(out: dict, params: Any, head: str,
   return cam + jnp.take(bias, labels).astype(jnp.float32)[:, None, None]
 
 
+# Which families return which attention output (docs/interfaces.md, "Models").
+_ATTENTION_OUTPUTS = {
+    "cls_attention": "ViT/DeiT models (a CLS token)",
+    "token_attention": "ViT/DeiT and Swin models",
+    "attention": "ViT/DeiT models called with return_attention=True",
+}
+
+
+def require_output(out: Any, key: str, *, needed_by: str) -> Any:
+  """``out[key]``, or ``ValueError`` saying which models provide it.
+
+  For methods that read attention from a model's output (TransMix reads
+  ``"cls_attention"``; a method that only needs a per-token importance reads
+  ``"token_attention"``), so that e.g. a Swin or a ResNet is refused with a
+  message naming the method instead of a ``KeyError``.
+
+  Args:
+    out: a model's output dict.
+    key: the output wanted, e.g. ``"cls_attention"``.
+    needed_by: the method asking, for the message (``"transmix"``).
+  """
+  if isinstance(out, dict) and key in out:
+    return out[key]
+  have = sorted(out) if isinstance(out, dict) else type(out).__name__
+  who = _ATTENTION_OUTPUTS.get(key, "no model in this zoo")
+  raise ValueError(
+      f"{needed_by} needs the model output {key!r}, which only {who} "
+      f"return; this model's output has {have}.")
+
+
 def num_params(params: Any) -> int:
   """Total number of parameter entries in a pytree (pass ``variables["params"]``)."""
   return int(sum(np.prod(np.shape(x), dtype=np.int64)
@@ -190,4 +224,5 @@ def num_params(params: Any) -> int:
 
 
 __all__ = ["build", "names", "init", "num_params", "class_activation_map",
-           "ResNet", "WideResNet", "ViT", "LinearHeads"]
+           "require_output", "ResNet", "WideResNet", "ViT", "Swin",
+           "LinearHeads"]

@@ -101,6 +101,30 @@ def check_feature_mix(feature_mix: Any) -> None:
         f"{type(feature_mix).__name__}.")
 
 
+def check_return_attention(return_attention: Any) -> bool:
+  """Raises ``ValueError`` unless ``return_attention`` is a Python bool.
+
+  It changes the output's structure, so it must be static (not traced).
+  """
+  if not isinstance(return_attention, bool):
+    raise ValueError(
+        "`return_attention` must be a Python bool (it changes the output "
+        f"dict, so it cannot be traced); got {type(return_attention).__name__}.")
+  return return_attention
+
+
+def normalize_map(scores: Array) -> Array:
+  """``[B, ...]`` non-negative scores -> float32 rows summing to 1 over ``...``.
+
+  The division is guarded so an all-zero row (which softmax attention never
+  gives) stays zero instead of NaN.
+  """
+  scores = scores.astype(jnp.float32)
+  axes = tuple(range(1, scores.ndim))
+  total = jnp.sum(scores, axis=axes, keepdims=True)
+  return scores / jnp.where(total > 0, total, 1.0)
+
+
 def mix_features(feature_mix: Any, stage: int, x: Array) -> Array:
   """``feature_mix(stage, x)`` (``x`` itself when None), same shape and dtype.
 

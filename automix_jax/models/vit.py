@@ -25,10 +25,10 @@ from automix_jax.models import _heads
 Array = jax.Array
 Dtype = Any
 
-_dense_init = nn.initializers.truncated_normal(stddev=0.02)
+dense_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
-def _drop_path(module: nn.Module, x: Array, rate: float, train: bool) -> Array:
+def drop_path(module: nn.Module, x: Array, rate: float, train: bool) -> Array:
   """Stochastic depth (Huang et al. 2016): drops whole residual branches per sample."""
   if not train or rate == 0.0:
     return x
@@ -38,11 +38,64 @@ def _drop_path(module: nn.Module, x: Array, rate: float, train: bool) -> Array:
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-class Attention(nn.Module):
+def attend(x: Array, *, num_heads: int, attention_dropout_rate: float,
+           dropout_rate: float, train: bool, dtype: Dtype, param_dtype: Dtype,
+           bias: Array | None = None) -> tuple[Array, Array]:
   """Multi-head self-attention that also returns its weights.
 
-  ``[B, N, D] -> ([B, N, D], [B, heads, N, N] float32)``; weights rows sum to 1.
+  ``[..., N, D] -> ([..., N, D], [..., heads, N, N] float32)``; the weights'
+  rows sum to 1 (softmax in float32, before attention dropout). Leading axes
+  are batch axes (Swin passes windows ``[B, nW, M, D]``). ``bias``
+  (broadcastable to ``[..., heads, N, N]``) is added to the scaled logits:
+  Swin's relative position bias and shifted-window mask.
+
+  Called inside a compact ``__call__``: ``qkv`` and ``proj`` become
+  submodules of the calling module (timm's ``attn.qkv`` / ``attn.proj``).
   """
+  *lead, n, d = x.shape
+  hd = d // num_heads
+  kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=dense_init,
+            bias_init=nn.initializers.zeros)
+  qkv = nn.DenseGeneral((3, num_heads, hd), name="qkv", **kw)(x)
+  q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+  logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * (hd ** -0.5)
+  # Softmax in float32 so bf16 attention stays normalised.
+  logits = logits.astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  weights = jax.nn.softmax(logits, axis=-1)
+  w = nn.Dropout(attention_dropout_rate, deterministic=not train)(weights)
+  out = jnp.einsum("...hqk,...khd->...qhd", w.astype(v.dtype), v)
+  out = nn.Dense(d, name="proj", **kw)(out.reshape(*lead, n, d))
+  out = nn.Dropout(dropout_rate, deterministic=not train)(out)
+  return out, weights
+
+
+def check_transformer_fields(module: nn.Module) -> None:
+  """Checks the fields ViT and Swin share: sizes, ``mlp_ratio``, the rates."""
+  _heads.check_positive_int(module.patch_size, "patch_size")
+  _heads.check_positive_int(module.embed_dim, "embed_dim")
+  if not module.mlp_ratio > 0:
+    raise ValueError(f"`mlp_ratio` must be > 0; got {module.mlp_ratio!r}.")
+  for arg in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
+    _heads.check_rate(getattr(module, arg), arg)
+
+
+def patch_embed(images: Array, *, dim: int, patch_size: int,
+                feature_mix: Any, dtype: Dtype, param_dtype: Dtype) -> Array:
+  """``[B, H, W, C] -> [B, H/p, W/p, dim]``: ``feature_mix`` at stage 0, then
+  a conv with kernel = stride = p (timm's ``patch_embed.proj``; a submodule
+  ``patch_embed`` of the calling compact module)."""
+  p = patch_size
+  return nn.Conv(dim, (p, p), strides=(p, p), padding="VALID",
+                 kernel_init=nn.initializers.lecun_normal(),
+                 name="patch_embed", dtype=dtype, param_dtype=param_dtype)(
+                     _heads.mix_features(feature_mix, 0, images.astype(dtype)))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention (``attend``) as a module: ``[B, N, D] ->
+  ([B, N, D], [B, heads, N, N] float32)``."""
   num_heads: int
   attention_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
@@ -51,20 +104,27 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool):
-    b, n, d = x.shape
-    hd = d // self.num_heads
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-              kernel_init=_dense_init, bias_init=nn.initializers.zeros)
-    qkv = nn.DenseGeneral((3, self.num_heads, hd), name="qkv", **kw)(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)
-    # Softmax in float32 so bf16 attention stays normalised.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    w = nn.Dropout(self.attention_dropout_rate, deterministic=not train)(weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v).reshape(b, n, d)
-    out = nn.Dense(d, name="proj", **kw)(out)
-    out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
-    return out, weights
+    return attend(x, num_heads=self.num_heads,
+                  attention_dropout_rate=self.attention_dropout_rate,
+                  dropout_rate=self.dropout_rate, train=train,
+                  dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+def mlp(x: Array, *, ratio: float, dropout_rate: float, train: bool,
+        dtype: Dtype, param_dtype: Dtype) -> Array:
+  """The transformer MLP ``fc1 -> GELU (exact) -> dropout -> fc2 -> dropout``.
+
+  Called inside a compact ``__call__``: ``fc1``/``fc2`` become submodules of
+  the calling block (the parameter names of timm's ``mlp.fc1``/``mlp.fc2``).
+  """
+  d = x.shape[-1]
+  dense = dict(kernel_init=dense_init, bias_init=nn.initializers.zeros,
+               dtype=dtype, param_dtype=param_dtype)
+  y = nn.Dense(int(d * ratio), name="fc1", **dense)(x)
+  y = nn.gelu(y, approximate=False)
+  y = nn.Dropout(dropout_rate, deterministic=not train)(y)
+  y = nn.Dense(d, name="fc2", **dense)(y)
+  return nn.Dropout(dropout_rate, deterministic=not train)(y)
 
 
 class Block(nn.Module):
@@ -80,20 +140,15 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    dense = dict(kernel_init=_dense_init, bias_init=nn.initializers.zeros, **kw)
-    d = x.shape[-1]
     y, attn = Attention(self.num_heads, self.attention_dropout_rate,
                         self.dropout_rate, name="attn", **kw)(
                             nn.LayerNorm(epsilon=1e-6, name="norm1", **kw)(x),
                             train=train)
-    x = x + _drop_path(self, y, self.drop_path_rate, train)
-    y = nn.LayerNorm(epsilon=1e-6, name="norm2", **kw)(x)
-    y = nn.Dense(int(d * self.mlp_ratio), name="fc1", **dense)(y)
-    y = nn.gelu(y, approximate=False)
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = nn.Dense(d, name="fc2", **dense)(y)
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    x = x + _drop_path(self, y, self.drop_path_rate, train)
+    x = x + drop_path(self, y, self.drop_path_rate, train)
+    y = mlp(nn.LayerNorm(epsilon=1e-6, name="norm2", **kw)(x),
+            ratio=self.mlp_ratio, dropout_rate=self.dropout_rate, train=train,
+            **kw)
+    x = x + drop_path(self, y, self.drop_path_rate, train)
     return x, attn
 
 
@@ -116,6 +171,19 @@ class ViT(nn.Module):
     The full last-block attention ``[B, num_heads, 1 + N, 1 + N]`` (rows sum
     to 1) is sown as ``intermediates/last_attention`` when ``"intermediates"``
     is mutable.
+  * ``"token_attention"``: ``[B, h, w]`` float32, the head-mean of
+    ``"cls_attention"`` normalised to sum to 1 over the patches: TransMix's
+    attention map (Chen et al., CVPR 2022, github.com/Beckschen/TransMix
+    ``transmix.py``), the per-token importance every model with attention
+    returns (docs/interfaces.md, "Models").
+  * with ``return_attention=True`` only: ``"attention"``: ``[B, depth, 1 + N,
+    1 + N]`` float32, every block's attention weights averaged over heads
+    (softmax before attention dropout; rows sum to 1; token 0 is CLS). This
+    is what Token-Label Alignment tracks labels through (Xiao et al., ICCV
+    2023, arXiv 2210.06455, github.com/Euphoria16/TL-Align
+    ``timm/models/vision_transformer.py``): ``y_l = (A_l y_{l-1} + y_{l-1})
+    / 2`` per block, the CLS row of ``y_depth`` the target. Not stopped:
+    callers that use it as a label put it behind ``stop_gradient``.
 
   The position embedding has the size of the grid seen at init; other sizes
   raise ``ValueError`` (no interpolation).
@@ -175,14 +243,9 @@ class ViT(nn.Module):
 
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
-    _heads.check_positive_int(self.patch_size, "patch_size")
-    _heads.check_positive_int(self.embed_dim, "embed_dim")
+    check_transformer_fields(self)
     depth = _heads.check_positive_int(self.depth, "depth")
     _heads.check_positive_int(self.num_heads, "num_heads")
-    if not self.mlp_ratio > 0:
-      raise ValueError(f"`mlp_ratio` must be > 0; got {self.mlp_ratio!r}.")
-    for arg in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
-      _heads.check_rate(getattr(self, arg), arg)
     sb = self.stage_blocks
     if sb is not None and (
         not isinstance(sb, (tuple, list)) or not sb or any(
@@ -194,8 +257,8 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool,
-               feature_mix: Callable[[int, Array], Array] | None = None
-               ) -> dict:
+               feature_mix: Callable[[int, Array], Array] | None = None,
+               return_attention: bool = False) -> dict:
     """Forward pass; see the class docstring for shapes.
 
     ``feature_mix(stage, x) -> x'`` (a model-aware mixer's, see
@@ -203,9 +266,11 @@ class ViT(nn.Module):
     ``[B, H, W, C]``) and to the token sequence after every block s =
     1..depth (``[B, 1 + num_patches, D]``, CLS token first; for s = depth
     before the final LayerNorm), so ``"stages"`` hold mixed tokens.
+    ``return_attention=True`` (a Python bool) adds ``"attention"``.
     """
     b, hh, ww, _ = _heads.check_images(images)
     _heads.check_feature_mix(feature_mix)
+    _heads.check_return_attention(return_attention)
     self.check_config()
     p = self.patch_size
     if hh % p or ww % p:
@@ -223,11 +288,8 @@ class ViT(nn.Module):
           f"for {self.get_variable('params', 'pos_embed').shape[1] - 1} "
           f"patches; re-initialise for this image size.")
 
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID",
-                kernel_init=nn.initializers.lecun_normal(), name="patch_embed",
-                **kw)(_heads.mix_features(feature_mix, 0,
-                                          images.astype(self.dtype)))
-    x = x.reshape(b, h * w, d)
+    x = patch_embed(images, dim=d, patch_size=p, feature_mix=feature_mix,
+                    **kw).reshape(b, h * w, d)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d),
                      self.param_dtype)
     pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
@@ -241,12 +303,15 @@ class ViT(nn.Module):
     wanted = self.blocks_for_stages
     outputs = {}
     attn = None
+    per_block = []
     for i in range(self.depth):
       rate = (self.drop_path_rate * i / (self.depth - 1) if self.depth > 1
               else self.drop_path_rate)
       x, attn = Block(self.num_heads, self.mlp_ratio, self.dropout_rate,
                       self.attention_dropout_rate, rate, name=f"block{i}",
                       **kw)(x, train=train)
+      if return_attention:
+        per_block.append(jnp.mean(attn, axis=1))
       x = _heads.mix_features(feature_mix, i + 1, x)
       if i + 1 in wanted and i + 1 != self.depth:
         outputs[i + 1] = to_grid(x)
@@ -256,12 +321,18 @@ class ViT(nn.Module):
     pooled = x[:, 0].astype(jnp.float32)
     logits = _heads.LinearHeads(tuple(self.heads), self.num_classes,
                                 name="heads", **kw)(pooled)
-    return {
+    cls_attention = attn[:, :, 0, 1:]
+    out = {
         "logits": logits,
         "stages": tuple(outputs[i] for i in wanted),
         "pooled": pooled,
-        "cls_attention": attn[:, :, 0, 1:],
+        "cls_attention": cls_attention,
+        "token_attention": _heads.normalize_map(
+            jnp.mean(cls_attention, axis=1)).reshape(b, h, w),
     }
+    if return_attention:
+      out["attention"] = jnp.stack(per_block, axis=1)
+    return out
 
 
 PRESETS = {

@@ -72,45 +72,56 @@ def split(tree: Any, steps: int) -> Any:
   return jax.tree.map(one, tree)
 
 
-LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, Any]]
+LossFn = Callable[[Any, Any, Any, jax.Array],
+                  tuple[jax.Array, tuple[Any, dict]]]
 
 
 def value_and_grad(loss_fn: LossFn, params: Any, batch_stats: Any,
                    inputs: Any, key: jax.Array, *, steps: int = 1
-                   ) -> tuple[tuple[jax.Array, Any], Any]:
-  """``((loss, new_batch_stats), grads)`` of ``loss_fn`` over ``steps``
-  micro-batches of ``inputs``.
+                   ) -> tuple[tuple[jax.Array, tuple[Any, dict]], Any]:
+  """``((loss, (new_batch_stats, extra)), grads)`` of ``loss_fn`` over
+  ``steps`` micro-batches of ``inputs``.
 
   Args:
     loss_fn: ``(params, batch_stats, inputs, key) -> (scalar loss,
-      new_batch_stats)``; the loss a mean over the rows of ``inputs``.
+      (new_batch_stats, extra))``; the loss a mean over the rows of
+      ``inputs``, ``extra`` a dict of scalar metrics (may be empty).
     params: differentiated.
     batch_stats: threaded through the micro-batches in order.
-    inputs: pytree of ``[B, ...]`` arrays (mixed images, targets).
+    inputs: pytree of ``[B, ...]`` arrays (mixed images, targets, labels).
     key: per-step key; micro-batch i gets ``fold_in(key, i)``.
     steps: k. 1 is exactly ``jax.value_and_grad(loss_fn)`` on the whole batch
       with ``key`` itself.
 
   Returns:
-    Mean loss and gradient over the micro-batches, final running statistics.
+    Mean loss, gradient and ``extra`` over the micro-batches, final running
+    statistics.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if steps == 1:
     return grad_fn(params, batch_stats, inputs, key)
 
   def body(carry, xs):
-    stats, loss_sum, grad_sum = carry
+    stats, loss_sum, extra_sum, grad_sum = carry
     i, micro = xs
-    (loss, stats), grads = grad_fn(params, stats, micro,
-                                   jax.random.fold_in(key, i))
-    return (stats, loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+    (loss, (stats, extra)), grads = grad_fn(params, stats, micro,
+                                            jax.random.fold_in(key, i))
+    return (stats, loss_sum + loss, jax.tree.map(jnp.add, extra_sum, extra),
+            jax.tree.map(jnp.add, grad_sum, grads)), None
 
+  micro_batches = split(inputs, steps)
+  extra_shapes = jax.eval_shape(
+      lambda: loss_fn(params, batch_stats,
+                      jax.tree.map(lambda x: x[0], micro_batches), key))[1][1]
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (stats, loss_sum, grad_sum), _ = jax.lax.scan(
-      body, (batch_stats, jnp.zeros((), jnp.float32), zeros),
-      (jnp.arange(steps), split(inputs, steps)))
+  extra_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             extra_shapes)
+  (stats, loss_sum, extra_sum, grad_sum), _ = jax.lax.scan(
+      body, (batch_stats, jnp.zeros((), jnp.float32), extra_zeros, zeros),
+      (jnp.arange(steps), micro_batches))
   grads = jax.tree.map(lambda g: g / steps, grad_sum)
-  return (loss_sum / steps, stats), grads
+  extra = jax.tree.map(lambda e: e / steps, extra_sum)
+  return (loss_sum / steps, (stats, extra)), grads
 
 
 def running_stats(stats_fn: Callable[[Any, Any, jax.Array], Any],

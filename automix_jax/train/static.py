@@ -196,9 +196,10 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   """Train-mode forward: ``(out, new_batch_stats)``.
 
   ``model_kwargs`` go to ``model.apply`` (``feature_mix=fn`` of a model-aware
-  mixer). With ``groups > 1`` each must be None or an array with the batch's
-  leading dimension, split with it; a callable such as ``feature_mix`` cannot
-  be split and raises ``ValueError``.
+  mixer, ``return_attention=True`` of a ViT). With ``groups > 1`` each must be
+  None, a Python bool (passed to every slice as it is) or an array with the
+  batch's leading dimension, split with it; a callable such as
+  ``feature_mix`` cannot be split and raises ``ValueError``.
 
   ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
   slices ``[groups, B / groups, ...]`` (one per device of the batch sharding,
@@ -208,9 +209,13 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   cross-replica mean, equal to averaging every device's running statistics).
   Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
   """
+  # Static switches (bools) go to every slice unsplit.
+  flags = {k: v for k, v in model_kwargs.items() if isinstance(v, bool)}
+  model_kwargs = {k: v for k, v in model_kwargs.items() if k not in flags}
+
   def one(x, keys, kwargs):
     out, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                           rngs=keys, **kwargs)
+                           rngs=keys, **kwargs, **flags)
     return out, upd.get("batch_stats", variables.get("batch_stats", {}))
 
   if groups == 1:
@@ -317,6 +322,12 @@ class StaticMixing:
           "`config.grad_accum_steps` > 1 does not combine with a feature-mixing "
           "mixer (`config.mixer`) or `config.label_mix`: both act on the whole "
           "batch in one forward; use grad_accum_steps=1.")
+    if label_mix is not None and losses.decouple_from_config(
+        config.get("loss", None)) is not None:
+      raise ValueError(
+          "`config.label_mix` (SUMix) replaces the classification loss, so it "
+          "does not combine with `config.loss.decouple` (DecoupleMix); enable "
+          "one of them.")
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -347,6 +358,8 @@ class StaticMixing:
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"`label_smoothing` must lie in [0, 1); got "
                        f"{self.label_smoothing}.")
+    # DecoupleMix (config.loss.decouple; None = plain soft CE).
+    self.decouple = losses.decouple_from_config(config.get("loss", None))
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -385,7 +398,7 @@ class StaticMixing:
       mixed, model_kwargs = images, {"feature_mix": mixed}
 
     def loss_fn(params, batch_stats, inputs, key):
-      x, y = inputs
+      x, y, int_labels = inputs
       stats = batch_stats
       if self.label_mix is not None:
         # SUMix: a differentiated train-mode forward of the clean batch
@@ -401,18 +414,17 @@ class StaticMixing:
       if self.label_mix is not None:
         loss, extra = self.label_mix.loss(clean_out, out, labels, targets, aux)
         return loss, (stats, extra)
-      return losses.soft_cross_entropy(out["logits"]["one"], y), stats
+      loss, reg = losses.mixed_cross_entropy(
+          out["logits"]["one"], y, int_labels, decouple=self.decouple,
+          smoothing=self.label_smoothing)
+      return loss, (stats, {} if self.decouple is None
+                    else {"decouple_reg": reg})
 
-    if self.label_mix is not None:  # grad_accum_steps == 1 (check_config)
-      (loss, (batch_stats, extra)), grads = jax.value_and_grad(
-          loss_fn, has_aux=True)(state.params, start_stats,
-                                 (mixed, mixed_targets), k_drop)
-    else:
-      # grad_accum_steps > 1: the mixed batch in micro-batches (accumulate.py).
-      (loss, batch_stats), grads = accumulate.value_and_grad(
-          loss_fn, state.params, start_stats, (mixed, mixed_targets),
-          k_drop, steps=self.grad_accum_steps)
-      extra = {}
+    # grad_accum_steps > 1: the mixed batch in micro-batches (accumulate.py;
+    # check_config refuses it with SUMix and feature mixing).
+    (loss, (batch_stats, extra)), grads = accumulate.value_and_grad(
+        loss_fn, state.params, start_stats, (mixed, mixed_targets, labels),
+        k_drop, steps=self.grad_accum_steps)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
