@@ -60,7 +60,8 @@ def build_gallery(images: np.ndarray, seed: int = 0) -> Image.Image:
   labels = mixers.one_hot(jnp.arange(b) % 10, 10)
   rows = [("clean", [_to_tile(im) for im in images], [""] * b)]
   key = jax.random.key(seed)
-  for i, name in enumerate(n for n in mixers.names() if n != "none"):
+  for i, name in enumerate(n for n in mixers.names()
+                           if n != "none" and not mixers.needs(n)):
     fn = mixers.get(name, **_hyperparameters(name, x))
     try:
       mixed, _, aux = fn(jax.random.fold_in(key, i), x, labels)

@@ -1,7 +1,7 @@
 """Benchmarks every registered mixer on this machine's CPU (a script, not a test).
 
-For each mixer in ``automix_jax.mixers.names()`` (``none`` skipped) and each batch
-shape, it reports
+For each mixer in ``automix_jax.mixers.names()`` (``none`` and the model-aware
+mixers skipped) and each batch shape, it reports
 
 * the compile time of the jitted mixer (``jit(...).lower(...).compile()``),
 * the median wall time per batch of the compiled mixer (``block_until_ready``,
@@ -149,7 +149,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="results/bench_mixers.md")
   args = parser.parse_args(argv)
 
-  names = [n for n in mixers.names() if n != "none"]
+  # Model-aware mixers need a model (scripts/bench_step.py times them).
+  names = [n for n in mixers.names() if n != "none" and not mixers.needs(n)]
   shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
   rows = []  # (shape, name, compile_s, median_s, ratio, note)
   torch_threads = None

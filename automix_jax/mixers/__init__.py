@@ -10,16 +10,29 @@ partner). See ``automix_jax/mixers/_common.py`` for the full contract (layouts,
 ``data_format``, value checks under jit). ``Mixup`` is timm's ``Mixup`` as one
 pure call ``(key, images, int_labels) -> (images, soft_targets)``. This package
 imports only jax and numpy.
+
+Model-aware mixers (docs/interfaces.md, "Model-aware mixers") are registered
+with what they need from the model, ``needs(name)``: ``"saliency"`` and
+``"cam"`` arrive as keyword-only arrays per call (``snapmix(key, images,
+labels, cam=...)``), and ``"feature_mix"`` mixers (``manifoldmix``,
+``alignmix``) return ``(feature_mix, mixed_labels, aux)`` for the model to
+call on its hidden features (``model.apply(..., feature_mix=fn)``). The
+trainer (``train/static.py``) computes these inputs in the same jitted step.
 """
 
+from automix_jax.mixers import _alignmix
 from automix_jax.mixers import _attentive
 from automix_jax.mixers import _cutmix
 from automix_jax.mixers import _fmix
 from automix_jax.mixers import _gridmix
+from automix_jax.mixers import _manifoldmix
 from automix_jax.mixers import _maskmix
 from automix_jax.mixers import _nway
 from automix_jax.mixers import _resizemix
 from automix_jax.mixers import _smoothmix
+from automix_jax.mixers import _snapmix
+from automix_jax.mixers._alignmix import alignmix
+from automix_jax.mixers._alignmix import sinkhorn_plan
 from automix_jax.mixers._attentive import attentive_grid_mix
 from automix_jax.mixers._common import LAM_SCOPES
 from automix_jax.mixers._common import PARTNERS
@@ -31,20 +44,25 @@ from automix_jax.mixers._common import mix_labels
 from automix_jax.mixers._common import one_hot
 from automix_jax.mixers._compose import get
 from automix_jax.mixers._compose import hyperparameter_names
+from automix_jax.mixers._compose import NEEDS
 from automix_jax.mixers._compose import names
+from automix_jax.mixers._compose import needs
 from automix_jax.mixers._compose import no_mix
 from automix_jax.mixers._compose import per_device
 from automix_jax.mixers._compose import register
+from automix_jax.mixers._compose import saliency_fn
 from automix_jax.mixers._compose import switch
 from automix_jax.mixers._cutmix import cutmix
 from automix_jax.mixers._fmix import fmix
 from automix_jax.mixers._gridmix import gridmix
+from automix_jax.mixers._manifoldmix import manifoldmix
 from automix_jax.mixers._maskmix import maskmix
 from automix_jax.mixers._mixup import mixup
 from automix_jax.mixers._nway import nway_mixup
 from automix_jax.mixers._resizemix import resizemix
 from automix_jax.mixers._saliencymix import saliencymix
 from automix_jax.mixers._smoothmix import smoothmix
+from automix_jax.mixers._snapmix import snapmix
 from automix_jax.mixers._timm import Mixup
 
 register("mixup")(mixup)
@@ -57,3 +75,8 @@ register("smoothmix", checks=_smoothmix.CHECKS)(smoothmix)
 register("attentivemix", checks=_attentive.CHECKS)(attentive_grid_mix)
 register("maskmix", checks=_maskmix.CHECKS)(maskmix)
 register("nway_mixup", checks=_nway.CHECKS)(nway_mixup)
+# Model-aware mixers (docs/interfaces.md, "Model-aware mixers").
+register("manifoldmix", checks=_manifoldmix.CHECKS,
+         needs=("feature_mix",))(manifoldmix)
+register("alignmix", checks=_alignmix.CHECKS, needs=("feature_mix",))(alignmix)
+register("snapmix", checks=_snapmix.CHECKS, needs=("cam",))(snapmix)

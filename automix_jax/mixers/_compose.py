@@ -17,10 +17,21 @@ Mixer = Callable[..., tuple[jax.Array, jax.Array, dict]]
 
 _REGISTRY: dict[str, Mixer] = {}
 _CHECKS: dict[str, Mapping[str, Callable[[Any], Any]]] = {}
+_NEEDS: dict[str, tuple[str, ...]] = {}
+_SALIENCY_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {}
+
+# What a model-aware mixer may ask of the model (docs/interfaces.md,
+# "Model-aware mixers"). "saliency" and "cam" arrive as keyword-only call
+# arguments of those names; "feature_mix" changes what the mixer returns.
+NEEDS = ("saliency", "cam", "feature_mix")
+# The needs that are call arguments: never hyperparameters, never bound by get.
+MODEL_INPUTS = ("saliency", "cam")
 
 
 def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
-             = None) -> Callable[[Mixer], Mixer]:
+             = None, needs: Sequence[str] = (),
+             saliency_fn: Callable[[jax.Array], jax.Array] | None = None
+             ) -> Callable[[Mixer], Mixer]:
   """Decorator: makes a mixer reachable from configs as ``get(name)``.
 
   ``checks`` maps hyperparameter names to the validators the mixer itself
@@ -28,14 +39,89 @@ def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
   refuses a bad value when it binds it. The shared hyperparameters
   (``alpha``, ``lam_scope``, ``partner``, ``data_format``, ...) are checked
   without being listed.
+
+  Model-aware mixers (docs/interfaces.md) declare what they need from the
+  model in ``needs``, a subset of ``NEEDS``:
+
+  * ``"saliency"``: the mixer takes a keyword-only ``saliency`` ``[B, H, W]``;
+    ``saliency_fn(input_grad [B, H, W, C]) -> [B, H, W]`` (required with this
+    need, refused without it) is how a trainer turns the input gradient of
+    the clean-batch loss into that argument.
+  * ``"cam"``: the mixer takes a keyword-only ``cam`` ``[B, h, w]`` (each
+    image's class activation map for its own label,
+    ``models.class_activation_map``).
+  * ``"feature_mix"``: the mixer returns ``(feature_mix, mixed_labels, aux)``
+    with ``feature_mix(stage, x) -> x'`` for the model to call.
   """
+  needs = _check_needs(name, needs, saliency_fn)
+
   def wrap(fn: Mixer) -> Mixer:
     if name in _REGISTRY and _REGISTRY[name] is not fn:
       raise ValueError(f"a mixer named {name!r} is already registered.")
+    params = inspect.signature(fn).parameters
+    for need in needs:
+      if need in MODEL_INPUTS and (
+          need not in params or
+          params[need].kind is not inspect.Parameter.KEYWORD_ONLY):
+        raise ValueError(
+            f"mixer {name!r} declares need {need!r}, so it must take a "
+            f"keyword-only argument `{need}` (def {fn.__name__}(key, images, "
+            f"labels, *, {need}, ...)).")
     _REGISTRY[name] = fn
     _CHECKS[name] = dict(checks or {})
+    _NEEDS[name] = needs
+    if saliency_fn is not None:
+      _SALIENCY_FNS[name] = saliency_fn
     return fn
   return wrap
+
+
+def _check_needs(name: str, needs: Any, saliency_fn: Any) -> tuple[str, ...]:
+  if isinstance(needs, str) or not isinstance(needs, Sequence):
+    raise ValueError(
+        f"`needs` of mixer {name!r} must be a tuple of kinds from {NEEDS}, "
+        f"e.g. (\"saliency\",); got {needs!r}.")
+  needs = tuple(needs)
+  for need in needs:
+    if need not in NEEDS:
+      raise ValueError(f"`needs` of mixer {name!r}: unknown kind {need!r}; "
+                       f"expected kinds from {NEEDS}.")
+  if len(set(needs)) != len(needs):
+    raise ValueError(f"`needs` of mixer {name!r} repeats a kind: {needs!r}.")
+  if ("saliency" in needs) != (saliency_fn is not None):
+    raise ValueError(
+        f"mixer {name!r}: `saliency_fn` (input gradient [B, H, W, C] -> "
+        "saliency [B, H, W]) must be given exactly when `needs` holds "
+        f"\"saliency\"; got needs={needs!r}, saliency_fn={saliency_fn!r}.")
+  if saliency_fn is not None and not callable(saliency_fn):
+    raise ValueError(f"`saliency_fn` of mixer {name!r} must be callable; got "
+                     f"{saliency_fn!r}.")
+  return needs
+
+
+def needs(name: str) -> tuple[str, ...]:
+  """What mixer ``name`` needs from the model (``()`` for a static mixer)."""
+  _lookup(name)
+  return _NEEDS[name]
+
+
+def saliency_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The ``saliency_fn`` registered with ``name`` (which needs "saliency")."""
+  _lookup(name)
+  if name not in _SALIENCY_FNS:
+    raise ValueError(
+        f"mixer {name!r} does not need \"saliency\" (its needs: "
+        f"{_NEEDS[name] or '()'}), so it has no `saliency_fn`.")
+  return _SALIENCY_FNS[name]
+
+
+def _needs_of(fn: Any) -> tuple[str, ...]:
+  """The needs of a registered mixer given as a callable (or ``get``'s partial)."""
+  inner = getattr(fn, "func", fn)
+  for name, registered in _REGISTRY.items():
+    if registered is inner:
+      return _NEEDS[name]
+  return ()
 
 
 def names() -> tuple[str, ...]:
@@ -48,7 +134,10 @@ def hyperparameter_names(name: str) -> tuple[str, ...]:
   params = list(inspect.signature(_lookup(name)).parameters.values())[3:]
   kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD,
            inspect.Parameter.KEYWORD_ONLY)
-  return tuple(p.name for p in params if p.kind in kinds)
+  # Model inputs (`saliency=`, `cam=`) are call arguments, not hyperparameters.
+  inputs = set(_NEEDS[name]) & set(MODEL_INPUTS)
+  return tuple(p.name for p in params
+               if p.kind in kinds and p.name not in inputs)
 
 
 def _takes_any_keyword(name: str) -> bool:
@@ -72,10 +161,17 @@ def get(name: str, **hyperparameters: Any) -> Mixer:
   unknown name (``alhpa=1``) or a bad value (``alpha=-1``,
   ``lam_scope="pixel"``) raises ``ValueError``. Array arguments (``lam``,
   ``index``, ``scores``, ...) depend on the batch and are checked per call.
+  Model inputs of a model-aware mixer (``saliency``, ``cam``) are given per
+  call, never bound here.
   """
   fn = _lookup(name)
   allowed = hyperparameter_names(name)
   for key, value in hyperparameters.items():
+    if key in _NEEDS[name] and key in MODEL_INPUTS:
+      raise ValueError(
+          f"mixer {name!r}: `{key}` is a model input, computed per batch and "
+          f"passed per call (`mixer(key, images, labels, {key}=...)`), not a "
+          "hyperparameter to bind with `get`.")
     if key not in allowed and not _takes_any_keyword(name):
       close = difflib.get_close_matches(key, allowed, n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -132,6 +228,13 @@ def switch(key: jax.Array, images: jax.Array, labels: jax.Array, *,
   C.check_images(images, ranks=(2, 3, 4, 5))
   C.check_labels(labels, images.shape[0])
   mixers = [_as_mixer(m, i) for i, m in enumerate(mixers)]
+  for i, m in enumerate(mixers):
+    if _needs_of(m):
+      raise ValueError(
+          f"`mixers[{i}]` ({_mixer_name(m)}) is model-aware (needs "
+          f"{_needs_of(m)}): `switch` takes static mixers only, since its "
+          "branches share one call without model inputs. Use it as "
+          "`config.mixer` instead.")
   n = len(mixers)
   if probs is None:
     probs = [1.0 / n] * n

@@ -135,11 +135,59 @@ def init(model, key: jax.Array, image_shape: Sequence[int],
   return jax.jit(functools.partial(model.init, train=False))(key, images)
 
 
+def class_activation_map(out: dict, params: Any, head: str,
+                         labels: Any) -> jax.Array:
+  """Each sample's class activation map for its own label, ``[B, h, w]`` float32.
+
+  ``cam[b] = stages[-1][b] @ kernel[:, labels[b]] + bias[labels[b]]``: the
+  last-stage features (``out["stages"][-1]`` ``[B, h, w, D]``) times the
+  column of ``head``'s linear kernel that belongs to the sample's own class,
+  un-normalised -- SnapMix's map (Huang et al., AAAI 2021, ``get_spm`` in
+  github.com/Shaoli-Huang/SnapMix ``utils/mixmethod.py``: a 1x1 conv of the
+  feature maps with the classifier's weight and bias, the target class's
+  channel). For the ResNets and WRN, whose heads see the spatial mean of that
+  map, ``cam[b].mean() == out["logits"][head][b, labels[b]]``; for ViTs the
+  map is taken on the final patch tokens while the head reads the CLS token.
+  The bias shifts every position equally, so it vanishes under SnapMix's
+  min-subtract-and-normalise.
+
+  Args:
+    out: the model's output dict (needs ``"stages"``).
+    params: the model's ``params`` (``variables["params"]``).
+    head: a head name of the model, e.g. ``"one"``.
+    labels: ``[B]`` integer class ids.
+  """
+  stages = out.get("stages") if isinstance(out, dict) else None
+  if not stages:
+    raise ValueError("`out` must be a model output dict with \"stages\"; got "
+                     f"{type(out).__name__}.")
+  features = stages[-1]
+  heads = params.get("heads", {}) if hasattr(params, "get") else {}
+  if head not in heads:
+    raise ValueError(f"`head` {head!r} is not a head of these params; heads: "
+                     f"{tuple(heads)}.")
+  kernel = heads[head]["kernel"]
+  bias = heads[head]["bias"]
+  shape = getattr(labels, "shape", None)
+  if (shape is None or tuple(shape) != (features.shape[0],) or
+      not jnp.issubdtype(labels.dtype, jnp.integer)):
+    raise ValueError(
+        f"`labels` must be [B] = ({features.shape[0]},) integer class ids; got "
+        f"{tuple(shape) if shape is not None else type(labels).__name__}.")
+  if features.ndim != 4 or features.shape[-1] != kernel.shape[0]:
+    raise ValueError(
+        f"`out[\"stages\"][-1]` must be [B, h, w, D] with D = "
+        f"{kernel.shape[0]} (the head's input width); got {features.shape}.")
+  columns = jnp.take(kernel, labels, axis=1).T.astype(jnp.float32)  # [B, D]
+  cam = jnp.einsum("bhwd,bd->bhw", features.astype(jnp.float32), columns)
+  return cam + jnp.take(bias, labels).astype(jnp.float32)[:, None, None]
+
+
 def num_params(params: Any) -> int:
   """Total number of parameter entries in a pytree (pass ``variables["params"]``)."""
   return int(sum(np.prod(np.shape(x), dtype=np.int64)
                  for x in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["build", "names", "init", "num_params", "ResNet", "WideResNet",
-           "ViT", "LinearHeads"]
+__all__ = ["build", "names", "init", "num_params", "class_activation_map",
+           "ResNet", "WideResNet", "ViT", "LinearHeads"]

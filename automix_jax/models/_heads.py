@@ -92,6 +92,34 @@ def check_rate(value: Any, arg: str) -> float:
   return float(value)
 
 
+def check_feature_mix(feature_mix: Any) -> None:
+  """Raises ``ValueError`` unless ``feature_mix`` is None or a callable."""
+  if feature_mix is not None and not callable(feature_mix):
+    raise ValueError(
+        "`feature_mix` must be None or a callable `feature_mix(stage: int, x) "
+        "-> x'` (a model-aware mixer's output, docs/interfaces.md); got "
+        f"{type(feature_mix).__name__}.")
+
+
+def mix_features(feature_mix: Any, stage: int, x: Array) -> Array:
+  """``feature_mix(stage, x)`` (``x`` itself when None), same shape and dtype.
+
+  The model calls this on its input (stage 0) and after every stage, so a
+  model-aware mixer (ManifoldMix, AlignMix) can mix hidden features in the
+  one forward pass that is differentiated. A result of another shape or dtype
+  raises ``ValueError`` at trace time.
+  """
+  if feature_mix is None:
+    return x
+  y = feature_mix(stage, x)
+  got = (tuple(getattr(y, "shape", ())), getattr(y, "dtype", type(y)))
+  if got != (tuple(x.shape), x.dtype):
+    raise ValueError(
+        f"`feature_mix({stage}, x)` must return x's shape and dtype "
+        f"{(tuple(x.shape), x.dtype)}; got {got}.")
+  return y
+
+
 def global_avg_pool(x: Array) -> Array:
   """``[B, H, W, C] -> [B, C]`` float32 mean over space (reduced in float32)."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -22,7 +22,7 @@ block b from 0) with ``conv1..3``, ``bn1..3``, ``downsample_conv``,
 ``downsample_bn``, and ``heads/{name}``.
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -150,6 +150,11 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (1..4; 0 is the input)."""
+    return len(self.stage_sizes)
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     if self.block not in _BLOCKS:
@@ -170,12 +175,21 @@ class ResNet(nn.Module):
           f"{self.groups}, base_width={self.base_width}.")
 
   @nn.compact
-  def __call__(self, images: Array, *, train: bool) -> dict:
-    """Forward pass; see the class docstring for shapes."""
+  def __call__(self, images: Array, *, train: bool,
+               feature_mix: Callable[[int, Array], Array] | None = None
+               ) -> dict:
+    """Forward pass; see the class docstring for shapes.
+
+    ``feature_mix(stage, x) -> x'`` (a model-aware mixer's, see
+    docs/interfaces.md) is applied to the input (stage 0, ``[B, H, W, C]`` in
+    ``dtype``) and to the output of every stage s = 1..4 (the tensors
+    ``"stages"`` reports, which then hold the mixed features).
+    """
     _heads.check_images(images)
+    _heads.check_feature_mix(feature_mix)
     self.check_config()
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = images.astype(self.dtype)
+    x = _heads.mix_features(feature_mix, 0, images.astype(self.dtype))
     stem_features = _heads.scaled(64, self.width)
     if self.stem == "cifar":
       x = _conv(stem_features, 3, 1, name="stem_conv", **kw)(x)
@@ -199,6 +213,7 @@ class ResNet(nn.Module):
           x = Bottleneck(features, per_group * self.groups, strides,
                          self.groups, self.zero_init_residual, name=name,
                          **kw)(x, train=train)
+      x = _heads.mix_features(feature_mix, s + 1, x)
       stages.append(x)
 
     pooled = _heads.global_avg_pool(x)

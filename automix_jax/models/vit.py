@@ -14,7 +14,7 @@ Parameter names: ``patch_embed``, ``cls_token``, ``pos_embed``, ``block{i}``
 ``norm``; ``heads/{name}``.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -168,6 +168,11 @@ class ViT(nn.Module):
     d = self.depth
     return (max(1, d // 4), max(1, d // 2), max(1, 3 * d // 4), d)
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (blocks 1..depth; 0 the input)."""
+    return self.depth
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     _heads.check_positive_int(self.patch_size, "patch_size")
@@ -188,9 +193,19 @@ class ViT(nn.Module):
           f"[1, depth={depth}]; got {sb!r}.")
 
   @nn.compact
-  def __call__(self, images: Array, *, train: bool) -> dict:
-    """Forward pass; see the class docstring for shapes."""
+  def __call__(self, images: Array, *, train: bool,
+               feature_mix: Callable[[int, Array], Array] | None = None
+               ) -> dict:
+    """Forward pass; see the class docstring for shapes.
+
+    ``feature_mix(stage, x) -> x'`` (a model-aware mixer's, see
+    docs/interfaces.md) is applied to the input images (stage 0,
+    ``[B, H, W, C]``) and to the token sequence after every block s =
+    1..depth (``[B, 1 + num_patches, D]``, CLS token first; for s = depth
+    before the final LayerNorm), so ``"stages"`` hold mixed tokens.
+    """
     b, hh, ww, _ = _heads.check_images(images)
+    _heads.check_feature_mix(feature_mix)
     self.check_config()
     p = self.patch_size
     if hh % p or ww % p:
@@ -210,7 +225,8 @@ class ViT(nn.Module):
 
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID",
                 kernel_init=nn.initializers.lecun_normal(), name="patch_embed",
-                **kw)(images.astype(self.dtype))
+                **kw)(_heads.mix_features(feature_mix, 0,
+                                          images.astype(self.dtype)))
     x = x.reshape(b, h * w, d)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d),
                      self.param_dtype)
@@ -231,6 +247,7 @@ class ViT(nn.Module):
       x, attn = Block(self.num_heads, self.mlp_ratio, self.dropout_rate,
                       self.attention_dropout_rate, rate, name=f"block{i}",
                       **kw)(x, train=train)
+      x = _heads.mix_features(feature_mix, i + 1, x)
       if i + 1 in wanted and i + 1 != self.depth:
         outputs[i + 1] = to_grid(x)
     self.sow("intermediates", "last_attention", attn)

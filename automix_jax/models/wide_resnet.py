@@ -13,7 +13,7 @@ Parameter names: ``stem_conv``, ``group{g}_{b}`` (g in 1..3, b from 0) with
 ``heads/{name}``.
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -96,6 +96,11 @@ class WideResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def num_feature_stages(self) -> int:
+    """Stages ``feature_mix`` is called after (the 3 groups; 0 is the input)."""
+    return 3
+
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
     depth = _heads.check_positive_int(self.depth, "depth", minimum=10)
@@ -107,13 +112,23 @@ class WideResNet(nn.Module):
     _heads.check_rate(self.dropout_rate, "dropout_rate")
 
   @nn.compact
-  def __call__(self, images: Array, *, train: bool) -> dict:
-    """Forward pass; see the class docstring for shapes."""
+  def __call__(self, images: Array, *, train: bool,
+               feature_mix: Callable[[int, Array], Array] | None = None
+               ) -> dict:
+    """Forward pass; see the class docstring for shapes.
+
+    ``feature_mix(stage, x) -> x'`` (a model-aware mixer's, see
+    docs/interfaces.md) is applied to the input (stage 0) and to the output
+    of every group s = 1..3, each time to the tensor ``stages[s - 1]``
+    reports (for s = 3 after the final BN-ReLU, the map that is pooled).
+    A WRN has 3 stages, not 4.
+    """
     _heads.check_images(images)
+    _heads.check_feature_mix(feature_mix)
     self.check_config()
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     n = (self.depth - 4) // 6
-    x = images.astype(self.dtype)
+    x = _heads.mix_features(feature_mix, 0, images.astype(self.dtype))
     x = _conv(_heads.scaled(16, self.width), 3, 1, name="stem_conv", **kw)(x)
     stages = []
     for g, (base, strides) in enumerate(((16, 1), (32, 2), (64, 2))):
@@ -121,9 +136,10 @@ class WideResNet(nn.Module):
       for b in range(n):
         x = PreActBlock(features, strides if b == 0 else 1, self.dropout_rate,
                         name=f"group{g + 1}_{b}", **kw)(x, train=train)
+      if g == 2:  # The last group's stage output is after the final BN-ReLU.
+        x = nn.relu(_heads.batch_norm(train, name="final_bn", **kw)(x))
+      x = _heads.mix_features(feature_mix, g + 1, x)
       stages.append(x)
-    x = nn.relu(_heads.batch_norm(train, name="final_bn", **kw)(x))
-    stages[-1] = x
     pooled = _heads.global_avg_pool(x)
     logits = _heads.LinearHeads(tuple(self.heads), self.num_classes,
                                 name="heads", **kw)(pooled)

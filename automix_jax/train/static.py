@@ -9,10 +9,16 @@ method the loop plugs in for ``config.method == "static"``:
   the run's root key. Pure; the loop jits it once with ``donate_argnums=0``.
 * ``eval_variants(state) -> {"online_one": (variables, "one"), "ema_one": ...}``
 * ``predict(variables, head, images) -> [B, K] float32 logits``.
+
+Model-aware mixers (docs/interfaces.md, "Model-aware mixers") train like the
+static ones: ``train_step`` reads ``mixers.needs(config.mixer.name)`` and
+computes what the mixer asks for inside the same jitted step (see
+``StaticMixing``).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -54,13 +60,83 @@ def _get_mixer(name: str, kwargs: Any, where: str):
     raise ValueError(f"`{where}` (mixer {name!r}): {msg}") from None
 
 
+def _switch_enabled(config: Any) -> bool:
+  switch = config.get("switch", None)
+  return switch is not None and bool(switch.get("enabled", False))
+
+
+def model_needs(config: Any) -> tuple[str, ...]:
+  """What ``config``'s mixer needs from the model (``mixers.needs``); ``()``
+  for a switch, whose branches must be static."""
+  if _switch_enabled(config):
+    return ()
+  return mixers.needs(config.mixer.name)
+
+
+def _check_model_needs(config: Any) -> None:
+  """Refuses the combinations the model-aware plumbing does not support."""
+  if _switch_enabled(config):
+    for i, name in enumerate(config.switch.mixers):
+      if mixers.needs(name):
+        raise ValueError(
+            f"`config.switch.mixers[{i}]` = {name!r} is a model-aware mixer "
+            f"(needs {mixers.needs(name)}); `switch` takes static mixers only. "
+            f"Use `config.mixer.name={name!r}` with `config.switch.enabled="
+            "False` instead.")
+    return
+  needs = mixers.needs(config.mixer.name)
+  if "feature_mix" not in needs:
+    return
+  for key, why in (
+      ("per_device_mixing", "mixes hidden features inside the model's forward "
+       "pass, not a batch of images that could be split over the devices"),
+      ("per_device_batch_stats", "mixes hidden features of the whole batch, "
+       "which the per-device BatchNorm slices (one vmapped forward per "
+       "device) cannot see across")):
+    if config.get(key, False):
+      raise ValueError(
+          f"`config.{key}=True` is not supported with mixer "
+          f"{config.mixer.name!r}: it {why}. Set `config.{key}=False`.")
+
+
+# Hyperparameters by which a "feature_mix" mixer names the stages it mixes
+# (docs/interfaces.md): an int `stage` or a tuple `stages`.
+STAGE_HYPERPARAMETERS = ("stage", "stages")
+
+
+def check_feature_stages(config: Any, model: Any) -> None:
+  """Refuses a ``feature_mix`` mixer whose ``stage``/``stages`` the model
+  lacks (it would never be called there: labels mixed, features not)."""
+  name = config.mixer.name
+  kwargs = _cfg_dict(config.mixer.get("kwargs", None))
+  params = inspect.signature(mixers.get(name)).parameters
+  last = int(model.num_feature_stages)
+  for hp in STAGE_HYPERPARAMETERS:
+    if hp not in params:
+      continue
+    value = kwargs.get(hp, params[hp].default)
+    if value is None or value is inspect.Parameter.empty:
+      continue
+    values = (value,) if isinstance(value, int) else tuple(value)
+    if any(not 0 <= int(v) <= last for v in values):
+      raise ValueError(
+          f"`config.mixer.kwargs.{hp}` = {value!r}: model "
+          f"{config.model.name!r} calls `feature_mix` at stages 0..{last} "
+          f"(0 the input), so mixer {name!r} would never mix there. Set "
+          f"`config.mixer.kwargs.{hp}` within 0..{last}.")
+
+
 def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
   """The mixer named by ``config.mixer`` / ``config.switch`` (+ per-device).
 
   Every mixer name and keyword is validated here (unknown name or bad value ->
   ValueError naming the config key, e.g. ``config.mixer.kwargs.alpha``).
+  A model-aware mixer is returned as the registry's function: it takes its
+  model inputs (``saliency=``, ``cam=``) per call, which ``per_device`` splits
+  over the devices with the batch.
   """
   mixer = _config_mixer(config)
+  _check_model_needs(config)
   if config.get("per_device_mixing", False):
     if mesh is None:
       raise ValueError("`per_device_mixing=True` needs the device mesh.")
@@ -71,7 +147,7 @@ def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
 def _config_mixer(config: Any):
   """The mixer of ``config.mixer`` / ``config.switch``, without per-device."""
   switch = config.get("switch", None)
-  if switch is not None and switch.get("enabled", False):
+  if _switch_enabled(config):
     names = list(switch.mixers)
     kwargs = list(switch.get("kwargs", ())) or [{}] * len(names)
     if len(kwargs) != len(names):
@@ -113,8 +189,14 @@ def bn_groups(config: Any, mesh: jax.sharding.Mesh | None) -> int:
 
 
 def train_apply(model: Any, variables: dict, images: jax.Array, *,
-                rngs: dict, groups: int = 1) -> tuple[Any, Any]:
+                rngs: dict, groups: int = 1, **model_kwargs: Any
+                ) -> tuple[Any, Any]:
   """Train-mode forward: ``(out, new_batch_stats)``.
+
+  ``model_kwargs`` go to ``model.apply`` (``feature_mix=fn`` of a model-aware
+  mixer). With ``groups > 1`` each must be None or an array with the batch's
+  leading dimension, split with it; a callable such as ``feature_mix`` cannot
+  be split and raises ``ValueError``.
 
   ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
   slices ``[groups, B / groups, ...]`` (one per device of the batch sharding,
@@ -124,20 +206,28 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   cross-replica mean, equal to averaging every device's running statistics).
   Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
   """
-  def one(x, keys):
+  def one(x, keys, kwargs):
     out, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                           rngs=keys)
+                           rngs=keys, **kwargs)
     return out, upd.get("batch_stats", variables.get("batch_stats", {}))
 
   if groups == 1:
-    return one(images, rngs)
+    return one(images, rngs, model_kwargs)
   b = images.shape[0]
   if b % groups:
     raise ValueError(f"`images` batch {b} does not split into {groups} "
                      "BatchNorm groups.")
-  x = images.reshape(groups, b // groups, *images.shape[1:])
+  for name, value in model_kwargs.items():
+    if value is not None and getattr(value, "shape", (None,))[:1] != (b,):
+      raise ValueError(
+          f"`{name}` cannot be split into {groups} BatchNorm groups: with "
+          f"`groups > 1` model keywords must be [B, ...] arrays (B = {b}); "
+          f"got {type(value).__name__}.")
+  split = lambda a: a.reshape(groups, b // groups, *a.shape[1:])
+  x = split(images)
+  kwargs = jax.tree.map(split, model_kwargs)
   keys = {name: jax.random.split(k, groups) for name, k in rngs.items()}
-  out, stats = jax.vmap(one)(x, keys)
+  out, stats = jax.vmap(one)(x, keys, kwargs)
   out = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), out)
   return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
 
@@ -170,6 +260,30 @@ class StaticMixing:
     the statistics then describe the online weights, not the lagging EMA
     weights; in short runs this cost the EMA model 10-20 points of top-1
     (results/reproduce_cpu.md, earlier reduced run).
+
+  Model-aware mixers (``mixers.needs(config.mixer.name)``, computed in the
+  same jitted step, never differentiated into the mixing):
+
+  * ``"saliency"``: ``saliency_fn(d CE(logits_one(images), one_hot(labels))
+    / d images)`` on the clean batch, the CE a batch mean, from one extra
+    forward + backward in **eval mode** (running BatchNorm statistics, no
+    dropout, nothing updated). This follows PuzzleMix's code (Kim et al., ICML
+    2020, github.com/snu-mllab/PuzzleMix ``main.py``: ``model.eval()`` before
+    the saliency pass with the default ``clean_lam=0``) and OpenMixup's
+    ``augments/puzzlemix.py``; unsmoothed one-hot targets.
+  * ``"cam"``: ``models.class_activation_map`` of head ``"one"`` from a
+    clean **train-mode** forward whose BatchNorm statistics are *kept* (the
+    mixed forward then starts from them): SnapMix's code (Huang et al., AAAI
+    2021, github.com/Shaoli-Huang/SnapMix ``utils/mixmethod.py:get_spm``)
+    runs that forward under ``torch.no_grad()`` with the model in train mode,
+    which updates the running statistics.
+  * ``"feature_mix"``: the mixer returns ``(feature_mix, mixed_targets,
+    aux)`` and the model runs on the *clean* images with
+    ``feature_mix=feature_mix`` (the one differentiated forward). Not
+    supported with ``per_device_mixing`` or ``per_device_batch_stats``
+    (refused by ``check_config``).
+
+  A model-aware mixer inside ``config.switch`` is refused.
   """
 
   reported_variant: str
@@ -177,8 +291,11 @@ class StaticMixing:
   @staticmethod
   def check_config(config: Any) -> None:
     """Device-free checks run before any data or model work: every mixer name
-    and keyword (ValueError naming the config key)."""
+    and keyword (ValueError naming the config key), and the model-aware
+    combinations this method refuses (a model-aware mixer in a switch or with
+    per-device mixing / BatchNorm when it mixes features)."""
     _config_mixer(config)
+    _check_model_needs(config)
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -192,6 +309,11 @@ class StaticMixing:
     self.mesh = mesh
     self.model = build_model(config, num_classes)
     self.mixer = build_mixer(config, mesh)
+    self.needs = model_needs(config)
+    if "feature_mix" in self.needs:
+      check_feature_stages(config, self.model)
+    self.saliency_fn = (mixers.saliency_fn(config.mixer.name)
+                        if "saliency" in self.needs else None)
     self.bn_groups = bn_groups(config, mesh)
     self.tx, self.lr_fn = optim.make_optimizer(
         config.optimizer, steps_per_epoch=self.steps_per_epoch,
@@ -230,12 +352,18 @@ class StaticMixing:
     k_mix, k_drop = jax.random.split(step_key)  # by purpose: mixing, dropout
     targets = mixers.one_hot(labels, self.num_classes,
                              smoothing=self.label_smoothing)
-    mixed, mixed_targets, aux = self.mixer(k_mix, images, targets)
+    inputs, start_stats = self._model_inputs(state, images, labels, step_key)
+    mixed, mixed_targets, aux = self.mixer(k_mix, images, targets, **inputs)
+    model_kwargs = {}
+    if "feature_mix" in self.needs:
+      # `mixed` is the feature_mix function; the model mixes the clean batch.
+      mixed, model_kwargs = images, {"feature_mix": mixed}
 
     def loss_fn(params):
       out, batch_stats = train_apply(
-          self.model, {"params": params, "batch_stats": state.batch_stats},
-          mixed, rngs={"dropout": k_drop}, groups=self.bn_groups)
+          self.model, {"params": params, "batch_stats": start_stats},
+          mixed, rngs={"dropout": k_drop}, groups=self.bn_groups,
+          **model_kwargs)
       loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
       return loss, batch_stats
 
@@ -270,6 +398,36 @@ class StaticMixing:
         opt_state=opt_state, ema_params=ema_params,
         ema_batch_stats=ema_batch_stats)
     return new_state, metrics
+
+  def _model_inputs(self, state: state_lib.TrainState, images: jax.Array,
+                    labels: jax.Array, step_key: jax.Array
+                    ) -> tuple[dict, Any]:
+    """The mixer's model inputs and the BatchNorm statistics the
+    differentiated forward starts from (see the class docstring)."""
+    inputs, stats = {}, state.batch_stats
+    # Model inputs are data for the mixer: no gradient reaches the weights
+    # through them (stop_gradient also documents it; they are computed
+    # outside the differentiated loss anyway).
+    params = jax.lax.stop_gradient(state.params)
+    if "saliency" in self.needs:
+      hot = mixers.one_hot(labels, self.num_classes)
+      variables = {"params": params, "batch_stats": state.batch_stats}
+
+      def clean_loss(x):
+        out = self.model.apply(variables, x, train=False)
+        return losses.soft_cross_entropy(out["logits"]["one"], hot)
+
+      grad = jax.grad(clean_loss)(images)
+      inputs["saliency"] = jax.lax.stop_gradient(self.saliency_fn(grad))
+    if "cam" in self.needs:
+      from automix_jax import models  # Lazy, as build_model.
+      out, stats = train_apply(
+          self.model, {"params": params, "batch_stats": stats}, images,
+          rngs={"dropout": jax.random.fold_in(step_key, 3)},
+          groups=self.bn_groups)
+      inputs["cam"] = jax.lax.stop_gradient(
+          models.class_activation_map(out, params, "one", labels))
+    return inputs, stats
 
   # --------------------------------------------------------------------------
 

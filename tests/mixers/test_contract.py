@@ -29,7 +29,10 @@ def _hparams(name):
   return {}
 
 
-MIXERS = [n for n in mixers.names() if n != "none"]
+# Static mixers: model-aware ones (mixers.needs) take model inputs or return
+# a feature_mix function; tests/train/test_model_aware.py and their own files
+# check them.
+MIXERS = [n for n in mixers.names() if n != "none" and not mixers.needs(n)]
 # ResizeMix pastes a *resized* partner, so its pixels are not
 # mask * x + (1 - mask) * x[index]; its own test checks provenance.
 NO_PIXEL_PROVENANCE = {"resizemix"}
