@@ -74,6 +74,11 @@ OPENMIXUP_CIFAR_MIXERS = {
     "gridmix": ("gridmix", {"alpha": 0.2}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
     "maskmix": ("maskmix", {"alpha": 1.0, "grid": 4}),  # 8-px cells at 32 px
+    # Model-aware (saliency from the input gradient, computed by the trainer).
+    # PuzzleMix's smoothness term reads the de-normalised images, as OpenMixup.
+    "puzzlemix": ("puzzlemix", {"alpha": 1.0, "mean": CIFAR10_MEAN,
+                                "std": CIFAR10_STD}),
+    "comixup": ("comixup", {"alpha": 2.0}),  # the Dirichlet prior's α
 }
 
 
