@@ -323,6 +323,7 @@ def _check_sizes(height: int, width: int, sides: Sequence[int],
           f"divide the image side {height}; pick `block_num` so that every "
           f"2^k divides it (e.g. block_num={int(math.log2(height & -height)) + 1}"
           ").")
+  for g in sides:
     block = height // g
     if block % min(neigh_size, block):
       raise ValueError(

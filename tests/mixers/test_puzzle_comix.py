@@ -22,6 +22,8 @@ from automix_jax.mixers import _comixup
 from automix_jax.mixers import _mrf
 from automix_jax.mixers import _puzzlemix
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 K = 5
 # Small grids keep the compile short: sides {2, 4} on 16 px.
 SMALL = {"block_num": (1, 3)}
@@ -44,6 +46,19 @@ def _batch(batch=8, size=16, seed=0):
   images = jnp.asarray(rng.random((batch, size, size, 3)), jnp.float32)
   labels = mixers.one_hot(jnp.asarray(rng.integers(0, K, batch)), K)
   return images, labels, jnp.asarray(_blobs(rng, batch, size))
+
+
+_JITTED = {}
+
+
+def _jit(name, **hp):
+  """``mixers.get(name, **hp)`` jitted once per module, as ``fn(key, images,
+  labels, saliency)``: tests with the same settings share the compile."""
+  key = (name, tuple(sorted(hp.items())))
+  if key not in _JITTED:
+    mixer = mixers.get(name, **hp)
+    _JITTED[key] = jax.jit(lambda k, x, y, s: mixer(k, x, y, saliency=s))
+  return _JITTED[key]
 
 
 def _energies(labels, unary, pair, w_v, w_h):
@@ -190,20 +205,6 @@ def test_transport_is_a_permutation_close_to_the_optimal_assignment(side):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def puzzle_jit():
-  """One jitted PuzzleMix per hyperparameter set, shared by the tests."""
-  cache = {}
-
-  def get(**hp):
-    key = tuple(sorted(hp.items()))
-    if key not in cache:
-      cache[key] = jax.jit(lambda k, x, y, s: mixers.puzzlemix(
-          k, x, y, saliency=s, **hp))
-    return cache[key]
-  return get
-
-
 def _blocks(x, side):
   """``[H, W, C]`` -> ``[side^2, H/side, W/side, C]`` row-major blocks."""
   h, w, c = x.shape
@@ -212,14 +213,13 @@ def _blocks(x, side):
 
 
 @pytest.mark.parametrize("block_num,t_size", [((2, 3), 4), ((1, 2), 4)])
-def test_puzzlemix_block_provenance_with_transport(puzzle_jit, block_num,
-                                                   t_size):
+def test_puzzlemix_block_provenance_with_transport(block_num, t_size):
   # Grid 4 on 16 px (transport on the mask's 4-px blocks) and grid 2 (8-px
   # mask blocks, transport on 4-px blocks). Every output block is one block
   # of the own image where the mask is 1, one of the partner where it is 0,
   # their average at 1/2; each source block is used at most once.
   images, labels, saliency = _batch()
-  fn = puzzle_jit(block_num=block_num, t_size=t_size)
+  fn = _jit("puzzlemix", block_num=block_num, t_size=t_size)
   for seed in range(3):
     mixed, _, aux = fn(jax.random.key(seed), images, labels, saliency)
     index, mask = np.asarray(aux["index"]), np.asarray(aux["mask"])[..., 0]
@@ -253,10 +253,9 @@ def test_puzzlemix_block_provenance_with_transport(puzzle_jit, block_num,
         assert len(v) == len(set(v))
 
 
-def test_puzzlemix_without_transport_is_mask_mixing_with_mask_mass_labels(
-    puzzle_jit):
+def test_puzzlemix_without_transport_is_mask_mixing_with_mask_mass_labels():
   images, labels, saliency = _batch()
-  fn = puzzle_jit(transport=False, **SMALL)
+  fn = _jit("puzzlemix", transport=False, **SMALL)
   for seed in range(3):
     mixed, mixed_labels, aux = fn(jax.random.key(seed), images, labels,
                                   saliency)
@@ -293,8 +292,8 @@ def test_puzzlemix_mask_keeps_the_salient_halves():
   np.testing.assert_array_equal(aux["lam"], 0.5)
 
 
-def test_puzzlemix_sends_no_gradient_into_the_mask(puzzle_jit):
-  images, labels, saliency = _batch(4)
+def test_puzzlemix_sends_no_gradient_into_the_mask():
+  images, labels, saliency = _batch(8)
   weights = jax.random.normal(jax.random.key(1), images.shape)
 
   def loss(x, s, transport):
@@ -308,8 +307,8 @@ def test_puzzlemix_sends_no_gradient_into_the_mask(puzzle_jit):
     np.testing.assert_array_equal(g_s, 0.0)
     if not transport:
       # d mixed / d images with the mask held fixed: m w + scatter (1-m) w.
-      _, _, aux = mixers.puzzlemix(jax.random.key(0), images, labels,
-                                   saliency=saliency, transport=False, **SMALL)
+      _, _, aux = _jit("puzzlemix", transport=False, **SMALL)(
+          jax.random.key(0), images, labels, saliency)
       m, index = np.asarray(aux["mask"]), np.asarray(aux["index"])
       want = m * np.asarray(weights)
       np.add.at(want, index, (1 - m) * np.asarray(weights))
@@ -372,19 +371,6 @@ def test_comixup_assignment_against_exhaustive_search(thres):
   mean = float(np.mean((found - best) / np.abs(best)))
   print(f"Co-Mixup τ={thres}: optimal {hit:.2f}, worst excess {worst:.3f}, "
         f"mean {mean:.3f}")
-
-
-@pytest.fixture(scope="module")
-def comix_jit():
-  cache = {}
-
-  def get(**hp):
-    key = tuple(sorted(hp.items()))
-    if key not in cache:
-      cache[key] = jax.jit(lambda k, x, y, s: mixers.comixup(
-          k, x, y, saliency=s, **hp))
-    return cache[key]
-  return get
 
 
 def _peer_assign(cost, compat, share, init, *, beta, gamma, eta, thres,
@@ -481,3 +467,182 @@ def test_comixup_assignment_equals_the_authors_algorithm(thres, thres_type):
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"instance {t}")
     halves += int((got == 0.5).any())
   assert halves, "no soft label was used: the test would not see them"
+
+
+def test_comixup_labels_are_the_mask_mass_and_pixels_follow_the_mask():
+  # B = 8 in partitions of 3: two full ones and a last one of 2.
+  images, labels, saliency = _batch(8)
+  fn = _jit("comixup", part=3)
+  x, y = np.asarray(images), np.asarray(labels)
+  for seed in range(2):
+    mixed, mixed_labels, aux = fn(jax.random.key(seed), images, labels,
+                                  saliency)
+    mask, index, lam = (np.asarray(aux[k]) for k in ("mask", "index", "lam"))
+    assert mask.shape == (8, 16, 16, 3) and index.shape == (8, 3)
+    np.testing.assert_array_equal(index[:3], [[0, 1, 2]] * 3)
+    np.testing.assert_array_equal(index[6:], [[6, 7, 6]] * 2)
+    assert set(np.unique(mask)) <= {0.0, 0.5, 1.0}
+    np.testing.assert_allclose(mask.sum(-1), 1.0)
+    np.testing.assert_array_equal(mask[6:, ..., 2], 0.0)  # padded column
+    # Masks are constant on the 4 x 4 grid of 4-px blocks.
+    cells = mask[:, ::4, ::4]
+    np.testing.assert_array_equal(
+        np.repeat(np.repeat(cells, 4, 1), 4, 2), mask)
+    np.testing.assert_allclose(
+        mixed, np.einsum("bhwn,bnhwc->bhwc", mask, x[index]), atol=1e-6)
+    # Label weight of source n = its share of the output's pixels.
+    mass = mask.reshape(8, -1, 3).mean(1)
+    np.testing.assert_allclose(lam, mass, atol=1e-6)
+    want = np.zeros_like(y)
+    for b in range(8):
+      for n in range(3):
+        want[b] += mass[b, n] * y[index[b, n]]
+    np.testing.assert_allclose(mixed_labels, want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mixed_labels).sum(1), 1, atol=1e-6)
+
+
+def test_comixup_default_partition_mixes_the_batch():
+  # One partition of 8 (part=20 > B) with 11 labels per output: the
+  # coarse-to-fine path of the solver. Outputs differ and most mix sources.
+  images, labels, saliency = _batch(8)
+  _, _, aux = _jit("comixup")(jax.random.key(0), images, labels, saliency)
+  lam = np.asarray(aux["lam"])
+  assert lam.shape == (8, 8)
+  np.testing.assert_array_equal(aux["index"], np.tile(np.arange(8), (8, 1)))
+  assert ((lam > 0).sum(1) >= 2).mean() >= 0.5
+  assert len({tuple(r) for r in lam.round(4)}) == 8
+
+
+def test_comixup_sends_no_gradient_into_the_mask():
+  images, labels, saliency = _batch(4)
+  weights = jax.random.normal(jax.random.key(1), images.shape)
+
+  def loss(x, s):
+    mixed, mixed_labels, _ = mixers.comixup(jax.random.key(0), x, labels,
+                                            saliency=s, part=4)
+    return jnp.sum(mixed * weights) + jnp.sum(mixed_labels ** 2)
+
+  g_x, g_s = jax.jit(jax.grad(loss, argnums=(0, 1)))(images, saliency)
+  np.testing.assert_array_equal(g_s, 0.0)
+  _, _, aux = _jit("comixup", part=4)(jax.random.key(0), images, labels,
+                                      saliency)
+  mask, index = np.asarray(aux["mask"]), np.asarray(aux["index"])
+  want = np.zeros(images.shape, np.float32)
+  for n in range(4):  # d Σ_n mask_n x[index_n] / d x, masks held fixed
+    np.add.at(want, index[:, n], mask[..., n:n + 1] * np.asarray(weights))
+  np.testing.assert_allclose(g_x, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The contract both keep: one trace, devices, refused inputs.
+# ---------------------------------------------------------------------------
+
+CASES = [("puzzlemix", SMALL), ("comixup", {"part": 4})]
+
+
+@pytest.mark.parametrize("name,hp", CASES)
+def test_traced_once_across_keys_and_bfloat16_kept(name, hp):
+  chex.clear_trace_counter()
+  images, labels, saliency = _batch(8)
+  mixer = mixers.get(name, **hp)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(key, x, y, s):
+    return mixer(key, x, y, saliency=s)
+
+  outs = [run(jax.random.key(seed), images, labels, saliency)
+          for seed in range(3)]
+  assert not np.array_equal(outs[0][0], outs[1][0])  # the key matters
+  # bfloat16 images keep their dtype (traced, not compiled).
+  mixed, mixed_labels, _ = jax.eval_shape(
+      lambda k, x, y, s: mixer(k, x, y, saliency=s), jax.random.key(0),
+      images.astype(jnp.bfloat16), labels, saliency)
+  assert mixed.dtype == jnp.bfloat16 and mixed_labels.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,hp", CASES)
+def test_per_device_equals_the_mixer_shard_by_shard(name, hp):
+  n_dev, per_shard = 8, 4
+  mesh = jax.make_mesh((n_dev,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  images, labels, saliency = _batch(n_dev * per_shard)
+  mixer = mixers.get(name, **hp)
+  key = jax.random.key(11)
+  mixed, mixed_labels, aux = jax.jit(mixers.per_device(mixer, mesh))(
+      key, images, labels, saliency=saliency)
+  local = _jit(name, **hp)
+  for s in range(n_dev):
+    sl = slice(s * per_shard, (s + 1) * per_shard)
+    ref = local(jax.random.fold_in(key, s), images[sl], labels[sl],
+                saliency[sl])
+    np.testing.assert_allclose(mixed[sl], ref[0], atol=1e-6)
+    np.testing.assert_allclose(mixed_labels[sl], ref[1], atol=1e-6)
+    np.testing.assert_allclose(aux["lam"][sl], ref[2]["lam"], atol=1e-6)
+    np.testing.assert_array_equal(aux["index"][sl],
+                                  ref[2]["index"] + s * per_shard)
+
+
+@pytest.mark.parametrize("name", ["puzzlemix", "comixup"])
+def test_bad_inputs_are_refused_before_any_compute(name):
+  images, labels, saliency = _batch(4)
+  fn = mixers.get(name)
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match=r"`saliency` must be maps of shape "
+                     r"\[B, H, W\] = \(4, 16, 16\)"):
+    fn(key, images, labels, saliency=saliency[..., None])
+  with pytest.raises(ValueError, match="`saliency` must be >= 0"):
+    fn(key, images, labels, saliency=saliency.at[0, 0, 0].set(-1.0))
+  with pytest.raises(ValueError, match="`saliency` must be floating"):
+    fn(key, images, labels, saliency=saliency.astype(jnp.int32))
+  x10, _, s10 = _batch(4, 10)   # neither 4 (Co-Mixup) nor 4, 8, 16 divide 10
+  with pytest.raises(ValueError, match="`block_num`.*divide"):
+    fn(key, x10, labels, saliency=s10)
+  with pytest.raises(TypeError):
+    fn(key, images, labels)  # saliency is required
+
+
+def test_puzzlemix_refuses_bad_hyperparameters():
+  images, labels, saliency = _batch(4)
+  key = jax.random.key(0)
+  # (kwargs, message, refused already by `get` when bound)
+  for kwargs, match, at_get in (
+      ({"block_num": 1}, "`block_num` must be", True),
+      ({"n_labels": 5}, "`n_labels` must be one of", True),
+      ({"t_size": 0}, "`t_size` must be", True),
+      ({"std": (0.0,)}, "`std` must be positive", True),
+      ({"t_size": 3, "block_num": (1, 2)}, "`t_size` 3 must divide", False),
+      ({"neigh_size": 3, "block_num": (1, 2)}, "`neigh_size` 3 must divide",
+       False),
+      ({"mean": (0.5, 0.5)}, "`mean` must hold 1 or C = 3", False)):
+    with pytest.raises(ValueError, match=match):
+      mixers.puzzlemix(key, images, labels, saliency=saliency, **kwargs)
+    if at_get:
+      with pytest.raises(ValueError, match=match):
+        mixers.get("puzzlemix", **kwargs)
+  with pytest.raises(ValueError, match=r"square images \(H == W\)"):
+    x, y, s = images[:, :, :8], labels, saliency[:, :, :8]
+    mixers.puzzlemix(key, x, y, saliency=s)
+
+
+def test_comixup_refuses_bad_hyperparameters():
+  images, labels, saliency = _batch(4)
+  for kwargs, match in (({"part": 1}, "`part` must be an int >= 2"),
+                        ({"block_num": 0}, "`block_num` must be a positive"),
+                        ({"block_num": 3}, "`block_num` 3 must divide"),
+                        ({"thres_type": "mid"}, "`thres_type` must be one"),
+                        ({"beta": -1.0}, "`beta` must be a finite number")):
+    with pytest.raises(ValueError, match=match):
+      mixers.comixup(jax.random.key(0), images, labels, saliency=saliency,
+                     **kwargs)
+
+
+def test_saliency_fn_is_the_gradient_l2_over_channels():
+  grad = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  for name in ("puzzlemix", "comixup"):
+    assert mixers.needs(name) == ("saliency",)
+    sal = mixers.saliency_fn(name)(grad)
+    np.testing.assert_allclose(
+        sal, np.sqrt((np.asarray(grad) ** 2).mean(-1)), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+    mixers.gradient_saliency(grad[0])
