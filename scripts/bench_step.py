@@ -4,13 +4,14 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --widths 0.25 --steps 20 --no-torch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
-For every method (vanilla, MixUp, CutMix, AutoMix, AdAutoMix) the script builds the
-real training method from its config file (CIFAR-100 ResNet-18 recipe: batch 100,
-32x32x3, 100 classes) at each requested width, jits ``train_step`` exactly as the
-trainer does (state replicated, batch sharded on the "data" mesh axis,
-``donate_argnums=0``), reports compile time separately and the median time of the
-timed steps after warm-up, and the ratio to the vanilla step measured in the same
-run. The PyTorch peer (scripts/torch_peer.py: vanilla, MixUp, AdAutoMix written from
+For every method (vanilla, MixUp, CutMix, PuzzleMix, Co-Mixup, AutoMix,
+AdAutoMix) the script builds the real training method from its config file
+(CIFAR-100 ResNet-18 recipe: batch 100, 32x32x3, 100 classes) at each
+requested width, jits ``train_step`` exactly as the trainer does (state
+replicated, batch sharded on the "data" mesh axis, ``donate_argnums=0``),
+reports compile time separately and the median time of the timed steps after
+warm-up, and the ratio to the vanilla step measured in the same run. The
+PyTorch peer (scripts/torch_peer.py: vanilla, MixUp, AdAutoMix written from
 the algorithm description) is timed on the same machine in the same run.
 
 ``--scaling`` runs the sharded MixUp step in subprocesses with 1, 2, 4 and 8 fake
@@ -41,6 +42,10 @@ METHODS = {
     "vanilla": ("configs/cifar100_resnet18.py", "mixer=vanilla", "vanilla"),
     "mixup": ("configs/cifar100_resnet18.py", "mixer=mixup", "mixup"),
     "cutmix": ("configs/cifar100_resnet18.py", "mixer=cutmix", None),
+    # Model-aware: an eval-mode forward + backward for the saliency, then the
+    # jitted MRF labelling (and transport) inside the step.
+    "puzzlemix": ("configs/cifar100_resnet18.py", "mixer=puzzlemix", None),
+    "comixup": ("configs/cifar100_resnet18.py", "mixer=comixup", None),
     "automix": ("configs/automix/cifar100.py", "", None),
     "adautomix": ("configs/adautomix/cifar100.py", "", "adautomix"),
 }

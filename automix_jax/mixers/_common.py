@@ -548,10 +548,11 @@ def block_shares(saliency: Array, grid: int) -> Array:
 
 
 def check_saliency(saliency: Any, batch_size: int, height: int, width: int,
-                   *, arg: str = "saliency") -> None:
-  """Raises unless ``saliency`` is float ``[B, H, W]`` maps >= 0 (the
-  model-aware mixers' ``saliency``, docs/interfaces.md); values are checked
-  as in ``check_value`` (at once if concrete, by ``checkify`` under jit)."""
+                   *, arg: str = "saliency", nonnegative: bool = True) -> None:
+  """Raises unless ``saliency`` is float ``[B, H, W]`` maps, >= 0 if
+  ``nonnegative`` (the model-aware mixers' ``saliency``, docs/interfaces.md;
+  values are checked as in ``check_value``: at once if concrete, by
+  ``checkify`` under jit)."""
   shape = getattr(saliency, "shape", None)
   if shape is None or tuple(shape) != (batch_size, height, width):
     raise ValueError(
@@ -561,9 +562,10 @@ def check_saliency(saliency: Any, batch_size: int, height: int, width: int,
   if not jnp.issubdtype(saliency.dtype, jnp.floating):
     raise ValueError(f"`{arg}` must be floating point; got dtype "
                      f"{saliency.dtype}.")
-  check_in_range(saliency, 0, np.inf,
-                 f"`{arg}` must be >= 0 everywhere (e.g. the input-gradient "
-                 "norm); got range [{lo}, {hi}].")
+  if nonnegative:
+    check_in_range(saliency, 0, np.inf,
+                   f"`{arg}` must be >= 0 everywhere (e.g. the input-gradient "
+                   "norm); got range [{lo}, {hi}].")
 
 
 def mask_to_lam(mask: Array) -> Array:

@@ -9,7 +9,10 @@ provenance, saliency-optimal masks, no gradient into the masks, one trace,
 per-device mixing equal to shard-by-shard mixing, refused inputs).
 """
 
+import functools
+import importlib.util
 import itertools
+import pathlib
 
 import chex
 import jax
@@ -22,6 +25,14 @@ from automix_jax.mixers import _comixup
 from automix_jax.mixers import _mrf
 from automix_jax.mixers import _puzzlemix
 
+# The script holds the numpy re-derivation of the authors' Co-Mixup solver
+# (also run there against pyGCO) and the saliency blobs.
+_spec = importlib.util.spec_from_file_location(
+    "bench_puzzle_comix", pathlib.Path(__file__).resolve().parents[2] /
+    "scripts" / "bench_puzzle_comix.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 K = 5
@@ -29,23 +40,11 @@ K = 5
 SMALL = {"block_num": (1, 3)}
 
 
-def _blobs(rng, batch, size):
-  """Saliency maps with one Gaussian object each, at random places."""
-  yy, xx = np.mgrid[:size, :size]
-  out = []
-  for _ in range(batch):
-    cy, cx = rng.uniform(1, size - 1, 2)
-    sig = rng.uniform(size / 10, size / 4)
-    out.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig ** 2)) +
-               0.05 * rng.random((size, size)))
-  return np.stack(out).astype(np.float32)
-
-
 def _batch(batch=8, size=16, seed=0):
   rng = np.random.default_rng(seed)
   images = jnp.asarray(rng.random((batch, size, size, 3)), jnp.float32)
   labels = mixers.one_hot(jnp.asarray(rng.integers(0, K, batch)), K)
-  return images, labels, jnp.asarray(_blobs(rng, batch, size))
+  return images, labels, jnp.asarray(bench.blobs(rng, batch, size))
 
 
 _JITTED = {}
@@ -61,17 +60,22 @@ def _jit(name, **hp):
   return _JITTED[key]
 
 
-def _energies(labels, unary, pair, w_v, w_h):
-  """Energies ``[n]`` of labellings ``[n, h, w]`` of one grid MRF (numpy)."""
-  e = np.take_along_axis(unary[None], labels[..., None], -1)[..., 0].sum((1, 2))
-  e = e + (w_v * pair[labels[:, :-1], labels[:, 1:]]).sum((1, 2))
-  return e + (w_h * pair[labels[:, :, :-1], labels[:, :, 1:]]).sum((1, 2))
+def _energy(labels, unary, pair, w_v, w_h):
+  """The energy of one labelling ``[h, w]``."""
+  return bench.grid_energies(labels[None], unary, pair, w_v, w_h)[0]
+
+
+def _each(labels, unary, pair, w_v, w_h):
+  """Energies ``[n]`` of ``n`` problems' labellings ``[n, h, w]``."""
+  return np.array([_energy(labels[i], unary[i], pair, w_v[i], w_h[i])
+                   for i in range(len(labels))])
 
 
 def _brute_min(unary, pair, w_v, w_h):
   h, w, n = unary.shape
   every = np.array(list(itertools.product(range(n), repeat=h * w)))
-  return _energies(every.reshape(-1, h, w), unary, pair, w_v, w_h).min()
+  return bench.grid_energies(every.reshape(-1, h, w), unary, pair, w_v,
+                             w_h).min()
 
 
 def _solve_all(solver, unary, pair, w_v, w_h):
@@ -102,7 +106,7 @@ def test_frontier_dp_is_exact_on_random_energies(shape):
   w_h = rng.uniform(size=(n, h, w - 1)).astype(np.float32)
   found = _solve_all(_mrf.exact_labels, unary, pair, w_v, w_h)
   for i in range(n):
-    got = _energies(found[i][None], unary[i], pair, w_v[i], w_h[i])[0]
+    got = _energy(found[i], unary[i], pair, w_v[i], w_h[i])
     np.testing.assert_allclose(
         got, _brute_min(unary[i], pair, w_v[i], w_h[i]), rtol=1e-5, atol=1e-5)
 
@@ -125,8 +129,7 @@ def test_puzzlemix_labelling_is_the_exhaustive_optimum(grid):
   # frontier DP up to 8 x 8) finds the minimum every time.
   unary, pair, w_v, w_h = _puzzle_problems(grid)
   found = _solve_all(_mrf.minimize, unary, pair, w_v, w_h)
-  got = np.array([_energies(found[i][None], unary[i], pair, w_v[i], w_h[i])[0]
-                  for i in range(len(unary))])
+  got = _each(found, unary, pair, w_v, w_h)
   best = np.array([_brute_min(unary[i], pair, w_v[i], w_h[i])
                    for i in range(len(unary))])
   np.testing.assert_allclose(got, best, rtol=1e-5, atol=1e-7)
@@ -140,10 +143,8 @@ def test_coarse_to_fine_sweeps_come_close_to_the_exact_minimum():
   exact = _solve_all(_mrf.exact_labels, unary, pair, w_v, w_h)
   approx = _solve_all(
       lambda *a: _mrf.minimize(*a, max_states=3 ** 4), unary, pair, w_v, w_h)
-  e_exact = np.array([_energies(exact[i][None], unary[i], pair, w_v[i],
-                                w_h[i])[0] for i in range(len(unary))])
-  e_approx = np.array([_energies(approx[i][None], unary[i], pair, w_v[i],
-                                 w_h[i])[0] for i in range(len(unary))])
+  e_exact = _each(exact, unary, pair, w_v, w_h)
+  e_approx = _each(approx, unary, pair, w_v, w_h)
   hit, worst = _gap_report(e_approx, e_exact)
   print(f"coarse-to-fine on 8x8: optimal {hit:.2f}, worst excess {worst:.2e}")
   assert (e_approx >= e_exact - 1e-6).all()
@@ -161,10 +162,8 @@ def test_sweeps_never_increase_the_energy_and_beat_the_unary_argmin():
   swept = np.asarray(jax.jit(jax.vmap(_mrf.sweep_labels, (0, 0, None, 0, 0)))(
       start, unary, pair, w_v, w_h))
   exact = _solve_all(_mrf.exact_labels, unary, pair, w_v, w_h)
-  e = {name: np.array([_energies(lab[i][None], unary[i], pair, w_v[i],
-                                 w_h[i])[0] for i in range(n)])
-       for name, lab in (("start", start), ("swept", swept),
-                         ("exact", exact))}
+  e = {name: _each(lab, unary, pair, w_v, w_h) for name, lab in (
+      ("start", start), ("swept", swept), ("exact", exact))}
   assert (e["swept"] <= e["start"] + 1e-5).all()
   assert (e["swept"] < e["start"] - 1e-3).mean() > 0.5
   assert (e["swept"] >= e["exact"] - 1e-5).all()
@@ -338,6 +337,14 @@ def _comix_cost(masks, cost):
                                                  masks.shape[1])
 
 
+@functools.lru_cache(maxsize=1)
+def _every_labelling(m, g):
+  """All ``m^(m g^2)`` hard labellings of ``m`` outputs, one-hot
+  ``[n, m, g, g, m]``."""
+  every = np.array(list(itertools.product(range(m), repeat=m * g * g)))
+  return np.eye(m, dtype=np.float32)[every].reshape(-1, m, g, g, m)
+
+
 @pytest.mark.parametrize("thres", [0.0, 0.83])
 def test_comixup_assignment_against_exhaustive_search(thres):
   # Batch 3 into 3 outputs on 2 x 2 blocks: all 3^12 = 531441 labellings.
@@ -347,14 +354,13 @@ def test_comixup_assignment_against_exhaustive_search(thres):
   rng = np.random.default_rng(0)
   m, g = 3, 2
   hp = dict(alpha=2.0, beta=0.32, gamma=1.0, eta=0.05, thres=thres, niter=4)
-  every = np.array(list(itertools.product(range(m), repeat=m * g * g)))
-  hot = np.eye(m, dtype=np.float32)[every].reshape(-1, m, g, g, m)
+  hot = _every_labelling(m, g)
   solve = jax.jit(lambda k, c: _comixup.assign(k, c, jnp.eye(m), **hp))
   scale = (hp["beta"] / g ** 2, hp["gamma"] / g ** 2, thres * g * g)
   fixed = _comix_objective(hot, *scale)
   found, best = [], []
   for t in range(12):
-    sal = _blobs(rng, m, 8)
+    sal = bench.blobs(rng, m, 8)
     cost = -np.asarray(mixers._common.block_shares(jnp.asarray(sal), g))
     key = jax.random.key(t)
     masks = np.asarray(solve(key, jnp.asarray(cost)))
@@ -371,98 +377,37 @@ def test_comixup_assignment_against_exhaustive_search(thres):
   mean = float(np.mean((found - best) / np.abs(best)))
   print(f"Co-Mixup τ={thres}: optimal {hit:.2f}, worst excess {worst:.3f}, "
         f"mean {mean:.3f}")
-
-
-def _peer_assign(cost, compat, share, init, *, beta, gamma, eta, thres,
-                 thres_type="hard", set_resolve=True, niter=4):
-  """The authors' ``get_onehot_matrix`` re-derived in numpy, with each
-  output's graph cut replaced by exhaustive search (tiny grids only)."""
-  m, g, _ = cost.shape
-  beta, gamma, eta, thres = (beta / g ** 2, gamma / g ** 2, eta / g ** 2,
-                             thres * g ** 2)
-  cost = np.moveaxis(cost - eta * np.log(share + 1e-8)[:, None, None], 0, -1)
-  masks = np.eye(m)[init]                                   # [m, g, g, m]
-
-  def objective(masks):
-    return (_comix_objective(masks[None], beta, gamma, 0.0)[0] +
-            _comix_cost(masks[None], cost)[0])
-
-  def cut(unary, pair):
-    n = unary.shape[-1]
-    every = np.array(list(itertools.product(range(n), repeat=g * g)))
-    every = every.reshape(-1, g, g)
-    w_v, w_h = np.full((g - 1, g), beta), np.full((g, g - 1), beta)
-    return every[np.argmin(_energies(every, unary, pair, w_v, w_h))]
-
-  def relabel(unary, count, it):
-    used = count > 0
-    n_used = int(used.sum()) if it > 0 else 0
-    pair = 1.0 - np.eye(m)
-    if n_used < 2:
-      return np.eye(m)[cut(unary, pair)]
-    if n_used == 2:
-      weights = 0.5 * used[None].astype(float)
-    else:
-      top = np.zeros(m, bool)
-      top[np.argsort(-count, kind="stable")[:3]] = True
-      weights = np.zeros((3, m))
-      weights[:, top] = [[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
-    k = len(weights)
-    full = np.ones((m + k, m + k)) - np.eye(m + k)
-    full[m:, :m] = np.where(weights > 0, 0.25, 1.0)
-    full[:m, m:] = full[m:, :m].T
-    soft = unary @ weights.T - 5e-4   # the mean of the pair's costs
-    labels = cut(np.concatenate([unary, soft], -1), full)
-    hot = np.eye(m + k)[labels]
-    return hot[..., :m] + hot[..., m:] @ weights
-
-  loss_prev, penalty, extra = objective(masks), masks.sum((0, 1, 2)), None
-  for it in range(niter):
-    for j in range(m):
-      count = masks[j].sum((0, 1))
-      penalty = penalty - count
-      load = compat @ penalty
-      excess = load if thres_type == "hard" else load - thres
-      linear = 2 * gamma * (load > thres) * excess
-      if extra is not None:
-        linear = linear + gamma * extra[j]
-      masks[j] = relabel(cost + linear, count, it)
-      penalty = penalty + masks[j].sum((0, 1))
-    if it == niter - 2 and set_resolve:
-      used = masks.sum((1, 2)) > 0
-      extra = np.zeros((m, m))
-      for a in range(m):
-        for b in range(a + 1, m):
-          ids = np.nonzero(used[a])[0]
-          if (used[a] == used[b]).all() and len(ids) > 1:
-            extra[a, ids[0]] = extra[b, ids[1]] = 1.0
-    loss = objective(masks)
-    if abs(loss_prev - loss) / abs(loss) < 1e-6:
-      break
-    loss_prev = loss
-  return masks
+  # Measured here: τ = 0: 0.92 optimal, mean excess 0.08; τ = 0.83: 0.08,
+  # 0.17. The authors' algorithm with pyGCO gives the same numbers on these
+  # instances (scripts/bench_puzzle_comix.py holds it); this is the local
+  # optimum of their modular approximation, not a weakness of the port.
+  assert mean < 0.25, mean
+  if thres == 0:
+    assert hit >= 0.75, hit
 
 
 @pytest.mark.parametrize("thres,thres_type", [(0.83, "hard"), (0.83, "soft")])
 def test_comixup_assignment_equals_the_authors_algorithm(thres, thres_type):
   # Same prior draw, same random start, every pass and soft label as the
-  # authors' code; their per-output graph cut is exhaustive search here, and
-  # the jitted solver is exact on these grids, so the masks agree exactly.
+  # authors' code (re-derived in numpy in scripts/bench_puzzle_comix.py);
+  # their per-output graph cut is exhaustive search here, and the jitted
+  # solver is exact on these grids, so the masks agree exactly.
   rng = np.random.default_rng(1)
   m, g = 4, 2
   hp = dict(beta=0.32, gamma=1.0, eta=0.05, thres=thres, thres_type=thres_type)
   solve = jax.jit(lambda k, c, a: _comixup.assign(k, c, a, alpha=2.0, **hp))
   halves = 0
   for t in range(6):
-    sal = jnp.asarray(_blobs(rng, m, 8))
+    sal = jnp.asarray(bench.blobs(rng, m, 8))
     cost = -mixers._common.block_shares(sal, g)
     compat = _comixup.compatibility(_comixup.salient_locations(sal), 0.3)
     key = jax.random.key(t)
     k_prior, k_init = jax.random.split(key)
     share = np.asarray(jax.random.dirichlet(k_prior, jnp.full((m,), 2.0)))
     init = np.asarray(jax.random.randint(k_init, (m, g, g), 0, m))
-    want = _peer_assign(np.asarray(cost, np.float64), np.asarray(compat),
-                        share, init, **hp)
+    want, _ = bench.authors_assign(
+        np.asarray(cost, np.float64), np.asarray(compat), share, init,
+        cut=bench.exhaustive_cut, **hp)
     got = np.asarray(solve(key, cost, compat))
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"instance {t}")
     halves += int((got == 0.5).any())
