@@ -378,8 +378,8 @@ def test_comixup_assignment_against_exhaustive_search(thres):
   print(f"Co-Mixup τ={thres}: optimal {hit:.2f}, worst excess {worst:.3f}, "
         f"mean {mean:.3f}")
   # Measured here: τ = 0: 0.92 optimal, mean excess 0.08; τ = 0.83: 0.08,
-  # 0.17. The authors' algorithm with pyGCO gives the same numbers on these
-  # instances (scripts/bench_puzzle_comix.py holds it); this is the local
+  # 0.17. The authors' algorithm (bench.authors_assign) with pyGCO's swap as
+  # its cut gave the same numbers on these instances: this is the local
   # optimum of their modular approximation, not a weakness of the port.
   assert mean < 0.25, mean
   if thres == 0:
