@@ -270,24 +270,35 @@ def transport_permutation(scores: Array, visible: Array, cost: Array,
   ids = jnp.arange(n)
   cost = cost - scores[:, None] * visible[None, :].astype(cost.dtype)
 
-  def one_round(_, carry):
-    cost, _ = carry
-    chosen = jnp.argmin(cost, axis=1)[:, None] == ids[None, :]
-    winner = jnp.argmin(jnp.where(chosen, cost, jnp.inf), axis=0)
-    win = chosen & (winner[None, :] == ids[:, None])
-    return cost + (chosen & ~win), win
+  def resolve(cost):
+    """Each block's pick, and whether it is the cheapest (then lowest-index)
+    block among those that picked the same position."""
+    # argmin as two plain reductions (XLA:CPU's argmin is several times
+    # slower); ties go to the lowest position, as argmin.
+    price = jnp.min(cost, axis=1)
+    pick = jnp.min(jnp.where(cost == price[:, None], ids, n), axis=1)
+    best = jax.ops.segment_min(price, pick, num_segments=n)
+    first = jax.ops.segment_min(jnp.where(price == best[pick], ids, n), pick,
+                                num_segments=n)
+    return pick, first[pick] == ids
 
-  _, win = jax.lax.fori_loop(0, n_iter, one_round,
-                             (cost, jnp.zeros((n, n), bool)))
-  placed, covered = win.any(axis=1), win.any(axis=0)
+  def one_round(_, cost):
+    pick, win = resolve(cost)
+    return cost.at[ids, pick].add(jnp.where(win, 0.0, 1.0))
+
+  # The matches of the last round (the loser penalty of the rounds before).
+  pick, win = resolve(jax.lax.fori_loop(0, n_iter - 1, one_round, cost))
+  placed = win
+  source = jnp.full((n,), -1, jnp.int32).at[jnp.where(win, pick, n)].set(
+      ids.astype(jnp.int32), mode="drop")
+  covered = source >= 0
   stay = ~placed & ~covered
   free_block = ~placed & ~stay
   free_position = ~covered & ~stay
   # Free blocks in index order, then the k-th free position gets the k-th.
   order = jnp.argsort(~free_block, stable=True)
   rank = jnp.cumsum(free_position) - 1
-  source = jnp.where(covered, jnp.argmax(win, axis=0),
-                     jnp.where(stay, ids, order[rank]))
+  source = jnp.where(covered, source, jnp.where(stay, ids, order[rank]))
   return source.astype(jnp.int32)
 
 
