@@ -40,8 +40,11 @@ Deviations from the reference, on purpose:
   authors' ``m_part``, 20); a last, smaller partition is solved on its own as
   the reference does. ``aux['index']`` rows of that partition are padded
   with weight-0 columns.
-* The clean-loss term of the authors' training (``clean_lam``) belongs to
-  the training loop, not to the mixer.
+* The saliency is whatever the caller passes; the static trainer takes it
+  from an eval-mode pass (docs/interfaces.md). The authors' ``main.py``
+  (default ``clean_lam=1``) takes it from a train-mode forward whose clean
+  loss it also trains on; that clean-loss term belongs to the training loop
+  and is not part of this mixer.
 """
 
 from __future__ import annotations
