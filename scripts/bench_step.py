@@ -5,7 +5,8 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
 For every method (vanilla, MixUp, CutMix, CutMix+SUMix, AutoMix, AdAutoMix, SAMix and the
-model-aware ManifoldMix, AlignMix, SnapMix, GuidedMixup) the script builds the real
+model-aware PuzzleMix, Co-Mixup, ManifoldMix, AlignMix, SnapMix,
+GuidedMixup) the script builds the real
 training method from its config file (CIFAR-100 ResNet-18 recipe: batch 100,
 32x32x3, 100 classes) at each requested width, jits ``train_step`` exactly as the
 trainer does (state replicated, batch sharded on the "data" mesh axis,
@@ -45,6 +46,10 @@ METHODS = {
     # SUMix (config.label_mix): a second, differentiated clean forward.
     "cutmix+sumix": ("configs/cifar100_resnet18.py",
                      "mixer=cutmix,label_mix=sumix", None),
+    # Model-aware: an eval-mode forward + backward for the saliency, then the
+    # jitted MRF labelling (and transport) inside the step.
+    "puzzlemix": ("configs/cifar100_resnet18.py", "mixer=puzzlemix", None),
+    "comixup": ("configs/cifar100_resnet18.py", "mixer=comixup", None),
     "automix": ("configs/automix/cifar100.py", "", None),
     "adautomix": ("configs/adautomix/cifar100.py", "", "adautomix"),
     "samix": ("configs/samix/cifar100.py", "", None),

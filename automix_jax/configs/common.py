@@ -85,6 +85,11 @@ OPENMIXUP_CIFAR_MIXERS = {
     # Model-aware: no α (λ is the mean saliency ratio); mixes 80 % of the
     # batches, the authors' Guided-AP CIFAR-100 run (--mix_prob 0.8).
     "guidedmixup": ("guidedmixup", {"mix_prob": 0.8}),
+    # Model-aware (saliency from the input gradient, computed by the trainer).
+    # PuzzleMix's smoothness term reads the de-normalised images, as OpenMixup.
+    "puzzlemix": ("puzzlemix", {"alpha": 1.0, "mean": CIFAR10_MEAN,
+                                "std": CIFAR10_STD}),
+    "comixup": ("comixup", {"alpha": 2.0}),  # the Dirichlet prior's α
 }
 
 # Label/loss wrappers (config.label_mix) of the static method, usable with

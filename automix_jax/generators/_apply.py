@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from automix_jax.mixers import _common as mc  # jax + numpy only.
+# The blend lives with the mixers (Co-Mixup uses it); re-exported here.
+from automix_jax.mixers._common import nway_blend  # noqa: F401
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -190,25 +192,6 @@ def nway_labels(labels: jax.Array, lam: jax.Array, index: jax.Array
   return jnp.einsum("bn,bnk->bk", lam.astype(jnp.float32),
                     mc.take(labels, index).astype(jnp.float32)
                     ).astype(labels.dtype)
-
-
-def nway_blend(images: jax.Array, weights: jax.Array, index: jax.Array
-               ) -> jax.Array:
-  """``Σ_i weights[..., i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
-
-  Args:
-    images: ``[B, H, W, C]``.
-    weights: ``[B, H, W, N]`` per-pixel masks (channel i weights image i) or
-      ``[B, N]`` per-sample weights (plain N-way mixup).
-    index: ``[B, N]`` int, the source sample of image i.
-  """
-  out = None
-  for i in range(index.shape[1]):
-    w = weights[..., i]
-    w = w[..., None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
-    term = w.astype(images.dtype) * mc.take(images, index[:, i])
-    out = term if out is None else out + term
-  return out
 
 
 def _check_masks(masks: Any, shape: tuple[int, ...], what: str) -> None:

@@ -22,6 +22,7 @@ trainer (``train/static.py``) computes these inputs in the same jitted step.
 
 from automix_jax.mixers import _alignmix
 from automix_jax.mixers import _attentive
+from automix_jax.mixers import _comixup
 from automix_jax.mixers import _cutmix
 from automix_jax.mixers import _fmix
 from automix_jax.mixers import _gridmix
@@ -29,6 +30,7 @@ from automix_jax.mixers import _guidedmix
 from automix_jax.mixers import _manifoldmix
 from automix_jax.mixers import _maskmix
 from automix_jax.mixers import _nway
+from automix_jax.mixers import _puzzlemix
 from automix_jax.mixers import _resizemix
 from automix_jax.mixers import _smoothmix
 from automix_jax.mixers import _snapmix
@@ -43,6 +45,7 @@ from automix_jax.mixers._common import draw_lam
 from automix_jax.mixers._common import draw_partner
 from automix_jax.mixers._common import mix_labels
 from automix_jax.mixers._common import one_hot
+from automix_jax.mixers._comixup import comixup
 from automix_jax.mixers._compose import get
 from automix_jax.mixers._compose import hyperparameter_names
 from automix_jax.mixers._compose import NEEDS
@@ -62,6 +65,8 @@ from automix_jax.mixers._manifoldmix import manifoldmix
 from automix_jax.mixers._maskmix import maskmix
 from automix_jax.mixers._mixup import mixup
 from automix_jax.mixers._nway import nway_mixup
+from automix_jax.mixers._puzzlemix import gradient_saliency
+from automix_jax.mixers._puzzlemix import puzzlemix
 from automix_jax.mixers._resizemix import resizemix
 from automix_jax.mixers._saliencymix import saliencymix
 from automix_jax.mixers._smoothmix import smoothmix
@@ -85,3 +90,7 @@ register("alignmix", checks=_alignmix.CHECKS, needs=("feature_mix",))(alignmix)
 register("snapmix", checks=_snapmix.CHECKS, needs=("cam",))(snapmix)
 register("guidedmixup", checks=_guidedmix.CHECKS, needs=("saliency",),
          saliency_fn=guided_saliency)(guidedmixup)
+register("puzzlemix", checks=_puzzlemix.CHECKS, needs=("saliency",),
+         saliency_fn=gradient_saliency)(puzzlemix)
+register("comixup", checks=_comixup.CHECKS, needs=("saliency",),
+         saliency_fn=gradient_saliency)(comixup)

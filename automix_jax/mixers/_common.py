@@ -502,6 +502,25 @@ def apply_mask(images: Array, mask: Array, index: Array) -> Array:
   return blend(images, take(images, index), mask)
 
 
+def nway_blend(images: jax.Array, weights: jax.Array, index: jax.Array
+               ) -> jax.Array:
+  """``Σ_i weights[..., i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
+
+  Args:
+    images: ``[B, H, W, C]``.
+    weights: ``[B, H, W, N]`` per-pixel masks (channel i weights image i) or
+      ``[B, N]`` per-sample weights (plain N-way mixup).
+    index: ``[B, N]`` int, the source sample of image i.
+  """
+  out = None
+  for i in range(index.shape[1]):
+    w = weights[..., i]
+    w = w[..., None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
+    term = w.astype(images.dtype) * take(images, index[:, i])
+    out = term if out is None else out + term
+  return out
+
+
 def per_sample(lam: Array, ndim: int) -> Array:
   """``[B]`` -> ``[B, 1, ..., 1]`` with ``ndim`` dims, for broadcasting."""
   return lam.reshape(lam.shape[:1] + (1,) * (ndim - 1))
@@ -514,6 +533,46 @@ def cells_to_mask(cells: Array, height: int, width: int) -> Array:
   mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
                     axis=2)
   return mask[..., None]
+
+
+def block_mean(x: Array, gh: int, gw: int) -> Array:
+  """Means over a ``gh x gw`` grid of equal blocks: ``[B, H, W, ...]`` ->
+  ``[B, gh, gw, ...]`` (the caller checks divisibility; avg-pooling with
+  kernel = stride = the block)."""
+  batch_size, height, width = x.shape[:3]
+  return x.reshape(batch_size, gh, height // gh, gw, width // gw,
+                   *x.shape[3:]).mean(axis=(2, 4))
+
+
+def block_shares(saliency: Array, grid: int) -> Array:
+  """Each block's share of an image's saliency: ``[B, H, W]`` -> ``[B, g, g]``
+  block means summing to 1 per image (PuzzleMix's and Co-Mixup's unary; a map
+  that is 0 everywhere gives equal shares rather than 0/0)."""
+  pooled = block_mean(saliency, grid, grid)
+  total = pooled.sum((1, 2), keepdims=True)
+  return jnp.where(total > 0, pooled / jnp.where(total > 0, total, 1.0),
+                   1.0 / (grid * grid))
+
+
+def check_saliency(saliency: Any, batch_size: int, height: int, width: int,
+                   *, arg: str = "saliency", nonnegative: bool = True) -> None:
+  """Raises unless ``saliency`` is float ``[B, H, W]`` maps, >= 0 if
+  ``nonnegative`` (the model-aware mixers' ``saliency``, docs/interfaces.md;
+  values are checked as in ``check_value``: at once if concrete, by
+  ``checkify`` under jit)."""
+  shape = getattr(saliency, "shape", None)
+  if shape is None or tuple(shape) != (batch_size, height, width):
+    raise ValueError(
+        f"`{arg}` must be maps of shape [B, H, W] = ({batch_size}, {height}, "
+        f"{width}) on the images' grid; got "
+        f"{tuple(shape) if shape is not None else type(saliency).__name__}.")
+  if not jnp.issubdtype(saliency.dtype, jnp.floating):
+    raise ValueError(f"`{arg}` must be floating point; got dtype "
+                     f"{saliency.dtype}.")
+  if nonnegative:
+    check_in_range(saliency, 0, np.inf,
+                   f"`{arg}` must be >= 0 everywhere (e.g. the input-gradient "
+                   "norm); got range [{lo}, {hi}].")
 
 
 def mask_to_lam(mask: Array) -> Array:

@@ -169,7 +169,7 @@ def _check_saliency(saliency: Any, batch_size: int, height: int, width: int
         "guidedmixup needs `saliency`: maps [B, H, W] >= 0 on the images' "
         "grid, e.g. `guided_saliency(input_grad)` of the clean batch (the "
         "trainer computes it when `mixers.needs('guidedmixup')` says so).")
-  S_.check_saliency(saliency, batch_size, height, width)
+  C.check_saliency(saliency, batch_size, height, width)
   C.check_in_range(saliency, 0, np.inf, "`saliency` must be >= 0 and finite; "
                    "got range [{lo}, {hi}].", closed=False)
 

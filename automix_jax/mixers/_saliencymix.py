@@ -108,21 +108,6 @@ def spectral_residual_saliency(images: Array, *, working_size: int = 64,
   return sal.astype(jnp.float32)
 
 
-def check_saliency(saliency: Any, batch_size: int, height: int,
-                   width: int) -> None:
-  """``ValueError`` unless ``saliency`` is floating ``[B, H, W]`` maps on the
-  images' grid."""
-  shape = getattr(saliency, "shape", None)
-  if shape is None or tuple(shape) != (batch_size, height, width):
-    raise ValueError(
-        f"`saliency` must be maps of shape [B, H, W] = ({batch_size}, "
-        f"{height}, {width}) on the images' grid; got "
-        f"{tuple(shape) if shape is not None else type(saliency).__name__}.")
-  if not jnp.issubdtype(saliency.dtype, jnp.floating):
-    raise ValueError(f"`saliency` must be floating point; got dtype "
-                     f"{saliency.dtype}.")
-
-
 def saliency_peak(saliency: Array) -> Array:
   """Row-major first argmax of each ``[B, H, W]`` map, as ``[B, 2]`` (cy, cx)."""
   _, _, width = saliency.shape
@@ -174,7 +159,8 @@ def saliencymix(key: Array, images: Array, labels: Array, *,
       "its box spans [c - cut//2, c + cut//2), empty unless "
       "cut = floor(side·sqrt(1-λ)) >= 2"))
   if saliency is not None:
-    check_saliency(saliency, batch_size, height, width)
+    # Only its argmax is used, so any real-valued map will do.
+    C.check_saliency(saliency, batch_size, height, width, nonnegative=False)
 
   k_lam, k_index = jax.random.split(key)
   lam = C.resolve_lam(k_lam, alpha, batch_size, lam_scope, lam)
