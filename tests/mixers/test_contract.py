@@ -32,8 +32,13 @@ def _hparams(name):
 # Static mixers, and model-aware ones that need only a saliency map (given by
 # _model_inputs). Those needing a CAM or returning a feature_mix function are
 # checked by tests/train/test_model_aware.py and their own files.
+# PuzzleMix and Co-Mixup need square images divisible by their block grids
+# and are slow at any size: tests/mixers/test_puzzle_comix.py covers this
+# contract for them (provenance, labels, jit once, sharding, refusals).
+OWN_CONTRACT_TESTS = ("puzzlemix", "comixup")
 MIXERS = [n for n in mixers.names()
-          if n != "none" and set(mixers.needs(n)) <= {"saliency"}]
+          if n != "none" and set(mixers.needs(n)) <= {"saliency"}
+          and n not in OWN_CONTRACT_TESTS]
 # ResizeMix pastes a *resized* partner, so its pixels are not
 # mask * x + (1 - mask) * x[index]; its own test checks provenance.
 NO_PIXEL_PROVENANCE = {"resizemix"}
