@@ -159,14 +159,7 @@ def test_8_devices_match_1_device_with_accumulation():
   batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
               "label": rng.integers(0, 10, 16).astype(np.int32)}]
   key = jax.random.key(3)
-  with jax.default_matmul_precision("highest"):
-    loss1, state1 = test_sharded._run(jax.devices()[:1], c, batches, key)
-    loss8, state8 = test_sharded._run(jax.devices()[:8], c, batches, key)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-5,
-                              atol=1e-5)
-  chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats,
-                              rtol=1e-5, atol=1e-5)
+  test_sharded.assert_one_device_equals_eight(c, batches, key)
 
 
 def test_bad_grad_accum_configs_raise_before_compute():

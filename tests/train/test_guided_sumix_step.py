@@ -110,9 +110,4 @@ def test_8_devices_match_1_device():
     c.mixer.name = "guidedmixup"
     c.mixer.kwargs = ml_collections.ConfigDict({"mix_prob": 1.0})
     c.label_mix.name = "sumix"
-  with jax.default_matmul_precision("highest"):
-    loss1, state1 = test_sharded._run(jax.devices()[:1], c, batches, key)
-    loss8, state8 = test_sharded._run(jax.devices()[:8], c, batches, key)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-5,
-                              atol=1e-5)
+  test_sharded.assert_one_device_equals_eight(c, batches, key)

@@ -51,6 +51,19 @@ def _run(devices, config, batches, key):
   return losses, jax.device_get(state)
 
 
+def assert_one_device_equals_eight(config, batches, key) -> None:
+  """Runs ``batches`` on 1 and on 8 devices (highest matmul precision) and
+  checks loss, parameters and BatchNorm statistics agree (rtol 1e-5)."""
+  with jax.default_matmul_precision("highest"):
+    loss1, state1 = _run(jax.devices()[:1], config, batches, key)
+    loss8, state8 = _run(jax.devices()[:8], config, batches, key)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-5,
+                              atol=1e-5)
+  chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats,
+                              rtol=1e-5, atol=1e-5)
+
+
 def test_8_devices_match_1_device():
   assert jax.device_count() >= 8, "tests/conftest.py sets 8 CPU devices"
   config = _config()
