@@ -10,6 +10,7 @@ module.
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -379,6 +380,8 @@ def test_mask_adjust_rescales_the_classifier_mask(setup):
 def sharded_run(setup):
   """Three jitted steps on 8 fake devices (``run_sharded``: one trace)."""
   method, state, batch = setup
+  # Other tests in this worker may have traced a function of the same name.
+  chex.clear_trace_counter()
   return S.run_sharded(method, state, batch, steps=3)
 
 
