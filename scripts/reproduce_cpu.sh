@@ -37,6 +37,8 @@
 #                     repository root)
 #   PYTHON            .venv/bin/python
 #   DRY_RUN           0       1: print the commands, run nothing
+#   CALIBRATION       results/proxy_calibration.md   appended to the report
+#                     (the pilots that chose the defaults); empty = none
 #
 # Resumable: a run whose <OUT>/<method>_seed<k>/summary.json exists (and did
 # not stop early) is skipped; an interrupted run resumes from its newest
@@ -90,6 +92,7 @@ RESULTS="${RESULTS:-results/reproduce_cpu}"
 ARCHIVE="${AUTOMIX_CIFAR10_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}"  # from $root
 PYTHON="${PYTHON:-.venv/bin/python}"
 DRY_RUN="${DRY_RUN:-0}"
+CALIBRATION="${CALIBRATION:-results/proxy_calibration.md}"
 
 die() { echo "reproduce_cpu.sh: $*" >&2; exit 2; }
 [[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || die "EPOCHS must be a positive int ($EPOCHS)"
@@ -177,7 +180,7 @@ done
 # The exact command lines, for the report.
 report_cmd="$invocation"$'\n\n'"# per run (<m> in METHODS, <k> in SEEDS; shown for seed ${SEEDS%% *}):"
 for m in $METHODS; do report_cmd+=$'\n'"$(train_cmd "$m" "${SEEDS%% *}")"; done
-report_cmd+=$'\n'"$PYTHON scripts/summarize_runs.py $OUT --out $RESULTS.md --curves-dir $RESULTS --paper-table"
+report_cmd+=$'\n'"$PYTHON scripts/summarize_runs.py $OUT --out $RESULTS.md --curves-dir $RESULTS --paper-table${CALIBRATION:+ --appendix $CALIBRATION}"
 for wd in "$OUT"/*_seed*/; do
   finished "$wd" || continue
   keep="$RESULTS/runs/$(basename "$wd")"
@@ -188,8 +191,11 @@ for wd in "$OUT"/*_seed*/; do
     > "$keep/summary.json"
   [[ -f "$wd/metrics.jsonl" ]] && gzip -9 -c "$wd/metrics.jsonl" > "$keep/metrics.jsonl.gz"
 done
+# The pilot that chose the default setting goes at the end of the report.
+appendix=()
+[[ -f "$CALIBRATION" ]] && appendix=(--appendix "$CALIBRATION")
 "$PYTHON" scripts/summarize_runs.py "$OUT" --out "$RESULTS.md" \
-  --curves-dir "$RESULTS" --paper-table --command "$report_cmd" \
+  --curves-dir "$RESULTS" --paper-table --command "$report_cmd" "${appendix[@]}" \
   --title "CPU-scale reproduction: ${METHODS// /, } on CIFAR-10 ($IMAGES_PER_CLASS images/class, width $WIDTH, augment $AUGMENT, image size ${IMAGE_SIZE}, $EPOCHS epochs, seeds ${SEEDS// /,})" \
   || exit $?
 if (( ${#failed[@]} )); then

@@ -36,6 +36,12 @@ Reads every ``RUN_ROOT/<method>_seed<k>/summary.json`` (as written by
   norm over that window is below 1 % of its mean over the first 10 %.
 * time: train seconds per epoch and seconds per evaluation of every run (from
   ``summary.json``'s ``train_time_s``, ``eval_time_s``, ``eval_seconds``).
+* a closing verdict on the paper's claims (every mixer beats vanilla; the
+  learned mixers beat every static one; AdAutoMix >= AutoMix), on the EMA
+  teacher and on the online model: *reproduced* only when every pair goes the
+  paper's way with the seeds' min-max ranges apart (``verdict_section``).
+* ``--appendix FILE`` (repeatable) appends a markdown file, e.g. the pilot that
+  chose the sweep's setting (results/proxy_calibration.md).
 
 The output depends only on the inputs (no dates, sorted iteration): running it
 twice on the same runs gives the same markdown. ``--command`` sets the command
@@ -662,7 +668,8 @@ def mask_section(runs: list[dict], curves: dict[str, str] | None
 
 def render(runs: list[dict], *, run_root: str, command: str,
            paper_table: bool, curves: dict[str, str] | None,
-           out_path: str, title: str = "") -> str:
+           out_path: str, title: str = "",
+           appendix: Sequence[str] = ()) -> str:
   title = title or DEFAULT_TITLE
   methods = aggregate(runs)
   ranked = rank(methods)
@@ -819,7 +826,135 @@ def render(runs: list[dict], *, run_root: str, command: str,
       rel = os.path.relpath(os.path.abspath(path), base)
       L.append(f"- {label}: [`{rel}`]({rel})")
     L.append("")
+  L += verdict_section(methods)
+  for path in appendix:
+    L += appendix_lines(path, out_path)
   return "\n".join(L)
+
+
+def appendix_lines(path: str, out_path: str) -> list[str]:
+  """A markdown file appended to the report, its headings one level down
+  and its relative links rewritten to the report's folder."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read().rstrip("\n")
+  src = os.path.dirname(os.path.abspath(path))
+  dst = os.path.dirname(os.path.abspath(out_path))
+
+  def relink(m):
+    target = m.group(2)
+    if re.match(r"^[a-z]+:|^#|^/", target):
+      return m.group(0)
+    new = os.path.relpath(os.path.join(src, target), dst)
+    return f"{m.group(1)}({new})"
+
+  lines = []
+  for line in text.splitlines():
+    if line.startswith("#"):
+      line = "#" + line
+    lines.append(re.sub(r"(\[[^\]]*\])\(([^)\s]+)\)", relink, line))
+  rel = os.path.relpath(os.path.abspath(path), dst)
+  return ["", f"<!-- appended from {rel} -->", ""] + lines + [""]
+
+
+# ---------------------------------------------------------------------------
+# Verdict on the paper's claims.
+# ---------------------------------------------------------------------------
+
+# The claims of the AdAutoMix paper's CIFAR tables that a sweep can test, as
+# (claim, [(better, worse) method pairs]); "static" = every static mixer.
+STATIC_MIXERS = ("mixup", "cutmix", "fmix", "resizemix")
+
+
+def compare_pair(better: dict, worse: dict, key: str) -> dict:
+  """``better`` vs ``worse`` on ``key`` ("ema" / "online" stats over seeds):
+  ``holds`` (mean ahead), ``separated`` (every seed of one beyond every seed
+  of the other), the gap in points."""
+  b, w = better[key], worse[key]
+  gap = b["mean"] - w["mean"]
+  # One seed has no spread: it never counts as separated.
+  separated = min(b["n"], w["n"]) >= 2 and (
+      b["min"] > w["max"] if gap > 0 else w["min"] > b["max"])
+  return {"better": better["method"], "worse": worse["method"], "gap": gap,
+          "holds": gap > 0, "separated": separated,
+          "seeds": (b["n"], w["n"])}
+
+
+def claim_status(pairs: list[dict]) -> str:
+  """One word for a claim made of pairwise comparisons."""
+  if not pairs:
+    return "not measured"
+  if all(p["holds"] and p["separated"] for p in pairs):
+    return "reproduced"
+  if any(not p["holds"] and p["separated"] for p in pairs):
+    return "contradicted"
+  if all(p["holds"] for p in pairs):
+    return "same direction, within the seed spread"
+  return "not reproduced"
+
+
+def paper_claims(methods: list[dict], key: str) -> list[tuple[str, list]]:
+  """The three claims as pairwise comparisons of the methods present."""
+  by = {m["method"]: m for m in methods if m[key] is not None}
+  static = [by[n] for n in STATIC_MIXERS if n in by]
+  learned = [by[n] for n in ("automix", "adautomix") if n in by]
+  claims = []
+  if "vanilla" in by:
+    claims.append(("every mixer beats vanilla training",
+                   [compare_pair(m, by["vanilla"], key)
+                    for m in static + learned]))
+  claims.append(("the learned mixers (AutoMix, AdAutoMix) beat every static "
+                 "mixer", [compare_pair(l, s, key)
+                           for l in learned for s in static]))
+  claims.append(("AdAutoMix is at least as good as AutoMix",
+                 [compare_pair(by["adautomix"], by["automix"], key)]
+                 if "adautomix" in by and "automix" in by else []))
+  return claims
+
+
+def _pair_text(p: dict) -> str:
+  where = ("one seed" if min(p["seeds"]) < 2 else
+           "all seeds apart" if p["separated"] else "seed ranges overlap")
+  if p["holds"]:
+    return (f"{display(p['better'])} +{p['gap']:.2f} over "
+            f"{display(p['worse'])} ({where})")
+  return (f"{display(p['worse'])} ahead of {display(p['better'])} by "
+          f"{-p['gap']:.2f} ({where})")
+
+
+def verdict_section(methods: list[dict]) -> list[str]:
+  """The report's closing verdict: each paper claim, per model view."""
+  L = ["## Verdict on the paper's claims", "",
+       "Each claim is tested as pairwise comparisons of the mean top-1 over "
+       "seeds. *Reproduced*: every pair goes the paper's way and the seeds' "
+       "min–max ranges do not overlap; *same direction, within the seed "
+       "spread*: every pair goes the paper's way but some ranges overlap; "
+       "*contradicted*: some pair goes the other way with separated ranges; "
+       "*not reproduced*: otherwise; *not measured*: methods missing. A "
+       "method with one seed has no spread, so it is never *reproduced*.", ""]
+  seeds = sorted({len(m["seeds"]) for m in methods})
+  missing = [n for n in ("vanilla",) + STATIC_MIXERS + ("automix",
+                                                         "adautomix")
+             if n not in {m["method"] for m in methods}]
+  if missing:
+    L += ["Methods not in this sweep (yet): "
+          + ", ".join(display(n) for n in missing) + ".", ""]
+  if len(seeds) > 1:
+    L += ["Methods have different numbers of seeds ("
+          + ", ".join(f"{display(m['method'])} {len(m['seeds'])}"
+                      for m in methods) + "): a partial sweep.", ""]
+  L += ["| claim | EMA teacher | online model |", "|---|---|---|"]
+  views = {key: paper_claims(methods, key) for key in ("ema", "online")}
+  for i, (claim, _) in enumerate(views["ema"]):
+    L.append(f"| {claim} | {claim_status(views['ema'][i][1])} | "
+             f"{claim_status(views['online'][i][1])} |")
+  L.append("")
+  for key, label in (("ema", "EMA teacher"), ("online", "online model")):
+    L += [f"Evidence ({label}):", ""]
+    for claim, pairs in views[key]:
+      text = "; ".join(_pair_text(p) for p in pairs) or "n/a"
+      L.append(f"- {claim}: {text}.")
+    L.append("")
+  return L
 
 
 # ---------------------------------------------------------------------------
@@ -943,13 +1078,13 @@ def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
 
 def summarize(run_root: str, out: str, *, paper_table: bool = False,
               curves_dir: str | None = None, command: str | None = None,
-              title: str = "") -> str:
+              title: str = "", appendix: Sequence[str] = ()) -> str:
   """Writes the markdown report (and curves when ``curves_dir``); returns it."""
   runs = find_runs(run_root)
   curves = write_curves(runs, curves_dir) if curves_dir else None
   text = render(runs, run_root=run_root, command=command or "",
                 paper_table=paper_table, curves=curves, out_path=out,
-                title=title)
+                title=title, appendix=appendix)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w", encoding="utf-8") as f:
     f.write(text)
@@ -971,7 +1106,15 @@ def main(argv=None) -> int:
   p.add_argument("--command", default=None,
                  help="command line to print in the report (default: this "
                       "script's own command line)")
+  p.add_argument("--appendix", action="append", default=[],
+                 help="markdown file to append to the report (headings one "
+                      "level down; repeatable), e.g. the pilot that chose the "
+                      "setting")
   args = p.parse_args(argv)
+  for path in args.appendix:
+    if not os.path.isfile(path):
+      print(f"error: --appendix {path!r} is not a file", file=sys.stderr)
+      return 2
   curves_dir = None
   if not args.no_curves:
     curves_dir = args.curves_dir or os.path.splitext(args.out)[0]
@@ -980,7 +1123,8 @@ def main(argv=None) -> int:
       [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
   try:
     summarize(args.run_root, args.out, paper_table=args.paper_table,
-              curves_dir=curves_dir, command=command, title=args.title)
+              curves_dir=curves_dir, command=command, title=args.title,
+              appendix=args.appendix)
   except NoRunsError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

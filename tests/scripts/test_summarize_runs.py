@@ -269,3 +269,62 @@ def test_report_plots_and_judges_learned_masks(tmp_path):
   assert "automix_masks.png" in names and "adautomix_masks.png" in names
   assert "mixup_masks.png" not in names
   assert "(r/automix_masks.png)" in text
+
+
+def test_verdict_on_the_paper_claims(tmp_path):
+  # Two seeds each, flat curves: AdAutoMix > AutoMix > CutMix > MixUp >
+  # Vanilla on the EMA model, all seed ranges apart except AutoMix vs CutMix
+  # (overlap); on the online model MixUp falls below vanilla, apart.
+  ema = {"vanilla": (30, 31), "mixup": (33, 34), "cutmix": (35, 37),
+         "automix": (36, 38), "adautomix": (40, 41)}
+  online = {"vanilla": (30, 31), "mixup": (27, 28), "cutmix": (35, 37),
+            "automix": (36, 38), "adautomix": (40, 41)}
+  for m in ema:
+    for seed in (0, 1):
+      write_run(tmp_path / "r", f"{m}_seed{seed}", flat(10, ema[m][seed]),
+                flat(10, online[m][seed]))
+  text = sr.summarize(str(tmp_path / "r"), str(tmp_path / "rep.md"))
+  verdict = text[text.index("## Verdict on the paper's claims"):]
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+          for line in verdict.splitlines() if line.startswith("| ")}
+  assert rows["every mixer beats vanilla training"] == [
+      "reproduced", "contradicted |"]
+  assert rows["the learned mixers (AutoMix, AdAutoMix) beat every static "
+              "mixer"][0] == "same direction, within the seed spread"
+  assert rows["AdAutoMix is at least as good as AutoMix"] == [
+      "reproduced", "reproduced |"]
+  assert "Methods not in this sweep (yet): FMix, ResizeMix." in verdict
+  # The evidence names the gap: AutoMix 37 vs CutMix 36 on the EMA model.
+  assert "AutoMix +1.00 over CutMix (seed ranges overlap)" in verdict
+  assert "MixUp ahead of" not in verdict.split("Evidence (online")[0]
+  assert "Vanilla ahead of MixUp by 3.00 (all seeds apart)" in verdict
+
+
+def test_verdict_one_seed_is_never_reproduced(tmp_path):
+  write_run(tmp_path / "r", "vanilla_seed0", flat(10, 30), flat(10, 30))
+  write_run(tmp_path / "r", "mixup_seed0", flat(10, 35), flat(10, 35))
+  text = sr.summarize(str(tmp_path / "r"), str(tmp_path / "rep.md"))
+  assert ("| every mixer beats vanilla training | same direction, within the "
+          "seed spread |") in text
+  assert "MixUp +5.00 over Vanilla (one seed)" in text
+  assert ("| AdAutoMix is at least as good as AutoMix | not measured | "
+          "not measured |") in text
+
+
+def test_appendix_is_appended_one_level_down(tmp_path, capsys):
+  write_run(tmp_path / "r", "vanilla_seed0", flat(10, 30), flat(10, 30))
+  notes = tmp_path / "notes" / "pilot.md"
+  notes.parent.mkdir()
+  notes.write_text("# Pilot\n\n## Results\n\nsee [fig](figs/a.png) and "
+                   "[web](https://example.org/x)\n")
+  out = tmp_path / "out" / "rep.md"
+  assert sr.main([str(tmp_path / "r"), "--out", str(out), "--no-curves",
+                  "--appendix", str(notes)]) == 0
+  text = out.read_text()
+  assert text.index("## Verdict") < text.index("## Pilot")
+  assert "\n### Results\n" in text
+  assert "[fig](../notes/figs/a.png)" in text
+  assert "[web](https://example.org/x)" in text
+  assert sr.main([str(tmp_path / "r"), "--out", str(out), "--no-curves",
+                  "--appendix", str(tmp_path / "missing.md")]) == 2
+  assert "--appendix" in capsys.readouterr().err
