@@ -18,6 +18,7 @@ computes what the mixer asks for inside the same jitted step (see
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -85,14 +86,21 @@ def _check_model_needs(config: Any) -> None:
             "False` instead.")
     return
   needs = mixers.needs(config.mixer.name)
-  if "feature_mix" not in needs:
-    return
-  for key, why in (
-      ("per_device_mixing", "mixes hidden features inside the model's forward "
-       "pass, not a batch of images that could be split over the devices"),
-      ("per_device_batch_stats", "mixes hidden features of the whole batch, "
-       "which the per-device BatchNorm slices (one vmapped forward per "
-       "device) cannot see across")):
+  refusals = []
+  if "feature_mix" in needs:
+    refusals += [
+        ("per_device_mixing", "mixes hidden features inside the model's "
+         "forward pass, not a batch of images that could be split over the "
+         "devices"),
+        ("per_device_batch_stats", "mixes hidden features of the whole "
+         "batch, which the per-device BatchNorm slices (one vmapped forward "
+         "per device) cannot see across")]
+  if "relabel" in needs:
+    refusals.append(
+        ("per_device_mixing", "returns its labels as a function of the "
+         "model's outputs (relabel), which cannot leave the per-device "
+         "shard_map"))
+  for key, why in refusals:
     if config.get(key, False):
       raise ValueError(
           f"`config.{key}=True` is not supported with mixer "
@@ -194,9 +202,10 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   """Train-mode forward: ``(out, new_batch_stats)``.
 
   ``model_kwargs`` go to ``model.apply`` (``feature_mix=fn`` of a model-aware
-  mixer). With ``groups > 1`` each must be None or an array with the batch's
-  leading dimension, split with it; a callable such as ``feature_mix`` cannot
-  be split and raises ``ValueError``.
+  mixer, ``return_attention=True``). With ``groups > 1`` each must be a
+  Python bool (a static flag, passed to every group), None or an array with
+  the batch's leading dimension, split with it; a callable such as
+  ``feature_mix`` cannot be split and raises ``ValueError``.
 
   ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
   slices ``[groups, B / groups, ...]`` (one per device of the batch sharding,
@@ -206,9 +215,13 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   cross-replica mean, equal to averaging every device's running statistics).
   Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
   """
+  # Python bools (return_attention=True) are static flags, not batch data.
+  flags = {k: v for k, v in model_kwargs.items() if isinstance(v, bool)}
+  model_kwargs = {k: v for k, v in model_kwargs.items() if k not in flags}
+
   def one(x, keys, kwargs):
     out, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                           rngs=keys, **kwargs)
+                           rngs=keys, **kwargs, **flags)
     return out, upd.get("batch_stats", variables.get("batch_stats", {}))
 
   if groups == 1:
@@ -282,6 +295,20 @@ class StaticMixing:
     ``feature_mix=feature_mix`` (the one differentiated forward). Not
     supported with ``per_device_mixing`` or ``per_device_batch_stats``
     (refused by ``check_config``).
+  * ``"token_attention"``: the model output ``"token_attention"`` ``[B, h,
+    w]`` of a clean forward pass in **eval mode** (no dropout or stochastic
+    depth, nothing updated): SMMix's code (Chen et al., ICCV 2023,
+    github.com/ChenMnZ/SMMix ``smmix.py``: ``motivat_model.eval()`` under
+    ``no_grad``).
+  * ``"relabel"``: the mixer returns ``(mixed, relabel, aux)``; the one
+    differentiated forward runs on ``mixed`` (with ``return_attention=True``
+    when ``mixers.relabel_outputs`` holds ``"attention"``) and the targets
+    are ``relabel(stop_gradient(out))`` of that same pass (TransMix, MixPro,
+    TL-Align). Not supported with ``per_device_mixing``.
+
+  ``init`` refuses a model that lacks an output the mixer reads
+  (``"token_attention"``, ``mixers.relabel_outputs``), naming the mixer:
+  e.g. TransMix on a ResNet.
 
   A model-aware mixer inside ``config.switch`` is refused.
   """
@@ -314,6 +341,12 @@ class StaticMixing:
       check_feature_stages(config, self.model)
     self.saliency_fn = (mixers.saliency_fn(config.mixer.name)
                         if "saliency" in self.needs else None)
+    self.relabel_outputs = (mixers.relabel_outputs(config.mixer.name)
+                            if "relabel" in self.needs else ())
+    # The outputs the model must provide: of the clean pass, of the mixed one.
+    self.model_outputs = (
+        ("token_attention",) if "token_attention" in self.needs else ()
+    ) + self.relabel_outputs
     self.bn_groups = bn_groups(config, mesh)
     self.tx, self.lr_fn = optim.make_optimizer(
         config.optimizer, steps_per_epoch=self.steps_per_epoch,
@@ -340,9 +373,32 @@ class StaticMixing:
     k_params, k_drop = jax.random.split(key)
     variables = self.model.init({"params": k_params, "dropout": k_drop},
                                 sample_images, train=False)
+    self.check_model_outputs(variables, sample_images)
     return state_lib.create(params=variables["params"],
                             batch_stats=variables.get("batch_stats", {}),
                             tx=self.tx, ema=self.use_ema)
+
+  def check_model_outputs(self, variables: Any, sample_images: Any) -> None:
+    """Refuses a model without an output the mixer reads (abstract forward
+    pass, no compute): ``ValueError`` naming the mixer and the output."""
+    if not self.model_outputs:
+      return
+    from automix_jax import models  # Lazy, as build_model.
+    name = self.config.mixer.name
+    kwargs = ({"return_attention": True}
+              if "attention" in self.model_outputs and
+              "return_attention" in inspect.signature(
+                  type(self.model).__call__).parameters else {})
+    try:
+      out = jax.eval_shape(
+          functools.partial(self.model.apply, train=False, **kwargs),
+          variables, sample_images)
+    except ValueError as e:  # Swin refuses return_attention=True.
+      raise ValueError(f"mixer {name!r} (config.mixer.name) needs the model "
+                       f"output \"attention\": {e}") from None
+    for key in self.model_outputs:
+      models.require_output(out, key, needed_by=f"mixer {name!r} "
+                            "(config.mixer.name)")
 
   def train_step(self, state: state_lib.TrainState, batch: dict,
                  key: jax.Array) -> tuple[state_lib.TrainState, dict]:
@@ -358,17 +414,27 @@ class StaticMixing:
     if "feature_mix" in self.needs:
       # `mixed` is the feature_mix function; the model mixes the clean batch.
       mixed, model_kwargs = images, {"feature_mix": mixed}
+    relabel = None
+    if "relabel" in self.needs:
+      # The targets are a function of this step's forward pass.
+      relabel, mixed_targets = mixed_targets, None
+      if "attention" in self.relabel_outputs:
+        model_kwargs["return_attention"] = True
 
     def loss_fn(params):
       out, batch_stats = train_apply(
           self.model, {"params": params, "batch_stats": start_stats},
           mixed, rngs={"dropout": k_drop}, groups=self.bn_groups,
           **model_kwargs)
-      loss = losses.soft_cross_entropy(out["logits"]["one"], mixed_targets)
-      return loss, batch_stats
+      targets, step_aux = mixed_targets, aux
+      if relabel is not None:
+        # Labels are data: no gradient flows through the attention into them.
+        targets, step_aux = relabel(jax.lax.stop_gradient(out))
+      loss = losses.soft_cross_entropy(out["logits"]["one"], targets)
+      return loss, (batch_stats, step_aux)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -427,6 +493,13 @@ class StaticMixing:
           groups=self.bn_groups)
       inputs["cam"] = jax.lax.stop_gradient(
           models.class_activation_map(out, params, "one", labels))
+    if "token_attention" in self.needs:
+      from automix_jax import models  # Lazy, as build_model.
+      out = self.model.apply({"params": params,
+                              "batch_stats": state.batch_stats}, images,
+                             train=False)
+      inputs["token_attention"] = jax.lax.stop_gradient(models.require_output(
+          out, "token_attention", needed_by=f"mixer {self.config.mixer.name!r}"))
     return inputs, stats
 
   # --------------------------------------------------------------------------
