@@ -58,9 +58,10 @@ def side_range(grid_h: int, grid_w: int, side_ratios: Any) -> tuple[int, int]:
   return lo, hi
 
 
-def window_sums(maps: Array, side: Array) -> Array:
+def window_sums(maps: Array, side: Array, outside: float) -> Array:
   """Sums of every ``side x side`` window, ``[B, h, w]`` by top-left token;
-  windows that leave the grid are NaN. ``side`` ``[B]`` int (traced)."""
+  windows that leave the grid get ``outside``. ``side`` ``[B]`` int
+  (traced), so one trace serves every side."""
   _, h, w = maps.shape
   r = jnp.arange(h)
   c = jnp.arange(w)
@@ -72,7 +73,7 @@ def window_sums(maps: Array, side: Array) -> Array:
   sums = jnp.einsum("bri,bij,bcj->brc", rows, maps, cols,
                     precision=jax.lax.Precision.HIGHEST)
   valid = ((r[None, :, None] <= h - s) & (c[None, None, :] <= w - s))
-  return jnp.where(valid, sums, jnp.nan)
+  return jnp.where(valid, sums, outside)
 
 
 def _arg(sums: Array, fn) -> tuple[Array, Array]:
@@ -126,10 +127,10 @@ def smmix(key: Array, images: Array, labels: Array, *,
       (batch_size,))
 
   maps = jax.lax.stop_gradient(token_attention).astype(jnp.float32)
-  sums = window_sums(maps, side)
-  r0, c0 = _arg(jnp.where(jnp.isnan(sums), jnp.inf, sums), jnp.argmin)
-  r1, c1 = _arg(jnp.where(jnp.isnan(sums), -jnp.inf, sums), jnp.argmax)
-  r1, c1 = C.take(r1, index), C.take(c1, index)  # the partner's window
+  # The least-attended window of the image and the most-attended one of its
+  # partner, both of the image's side.
+  r0, c0 = _arg(window_sums(maps, side, jnp.inf), jnp.argmin)
+  r1, c1 = _arg(window_sums(C.take(maps, index), side, -jnp.inf), jnp.argmax)
 
   ph, pw = height // gh, width // gw
   ys = jnp.arange(height, dtype=jnp.int32)[None, :]
