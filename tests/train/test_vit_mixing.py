@@ -1,0 +1,129 @@
+"""The static method with the vision-transformer mixers on a tiny ViT: the
+step's targets are the mixer's per-sample labels (relabelled from the same
+forward pass, or from a clean eval-mode pass's attention), a model without
+the attention they read is refused by name, and 8 devices == 1."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from automix_jax import mixers
+from automix_jax.train import losses
+from automix_jax.train import static
+from tests.train import test_sharded
+from tests.train.test_static_step import tiny_batch
+from tests.train.test_static_step import tiny_config
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+SIZE = 16  # vit_tiny's 4-px patches: a 4x4 token grid
+# Per mixer: keywords for the 16-px images (TL-Align needs the patch size,
+# MixPro cells of whole tokens).
+KWARGS = {"transmix": {}, "mixpro": {"grid": 2}, "tlalign": {"patch_size": 4},
+          "tokenmix": {}, "smmix": {}}
+
+
+def _vit_config(name, **overrides):
+  kwargs = ml_collections.ConfigDict(KWARGS[name])
+  return tiny_config(**{"mixer.name": name, "mixer.kwargs": kwargs,
+                        "model.name": "vit_tiny", "model.width": 0.25,
+                        "model.kwargs": ml_collections.ConfigDict(
+                            {"depth": 2}), **overrides})
+
+
+@pytest.mark.parametrize("name", ["transmix", "tlalign", "tokenmix"])
+def test_step_trains_on_the_per_sample_labels(name):
+  method = static.StaticMixing(_vit_config(name), num_classes=10,
+                               steps_per_epoch=5)
+  state = jax.jit(method.init)(jax.random.key(0),
+                               jnp.zeros((2, SIZE, SIZE, 3)))
+  batch = tiny_batch(size=SIZE)
+  key = jax.random.key(7)
+  model, mixer = method.model, mixers.get(name, **KWARGS[name])
+  flags = {"return_attention": True} if name == "tlalign" else {}
+
+  @jax.jit
+  def hand_step(state, batch):
+    """The update written out: a clean eval pass for the token attention,
+    or the labels from the mixed pass's own outputs."""
+    k_mix, k_drop = jax.random.split(jax.random.fold_in(key, 0))
+    hot = mixers.one_hot(batch["label"], 10)
+    relabel = None
+    if name == "tokenmix":
+      att = model.apply({"params": state.params}, batch["image"],
+                        train=False)["token_attention"]
+      mixed, targets, _ = mixer(k_mix, batch["image"], hot,
+                                token_attention=att)
+    else:
+      mixed, relabel, _ = mixer(k_mix, batch["image"], hot)
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, mixed, train=True,
+                        rngs={"dropout": k_drop}, **flags)
+      t = (targets if relabel is None else
+           relabel(jax.lax.stop_gradient(out))[0])
+      return losses.soft_cross_entropy(out["logits"]["one"], t), t
+
+    (loss, t), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, _ = method.tx.update(grads, state.opt_state, state.params)
+    return loss, t, optax.apply_updates(state.params, updates)
+
+  loss, t, want = hand_step(state, batch)
+  lam = np.asarray(t)[np.arange(8), np.asarray(batch["label"])]
+  assert np.ptp(lam) > 1e-4, "label weights collapsed over the batch"
+  step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
+  new, metrics = step(state, batch, key)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  chex.assert_trees_all_close(new.params, want, rtol=1e-5, atol=1e-6)
+  step(new, tiny_batch(seed=1, size=SIZE), key)  # no retrace
+  chex.clear_trace_counter()
+
+
+@pytest.mark.parametrize("name,output", [
+    ("transmix", "'cls_attention'"), ("mixpro", "'cls_attention'"),
+    ("tlalign", "'attention'"), ("tokenmix", "'token_attention'"),
+    ("smmix", "'token_attention'")])
+def test_a_resnet_is_refused_naming_the_mixer_and_the_output(name, output):
+  c = tiny_config(**{"mixer.name": name,
+                     "mixer.kwargs": ml_collections.ConfigDict(KWARGS[name])})
+  method = static.StaticMixing(c, num_classes=10, steps_per_epoch=5)
+  with pytest.raises(ValueError, match=f"mixer '{name}'.*needs the model "
+                     f"output {output}"):
+    jax.eval_shape(method.init, jax.random.key(0), jnp.zeros((2, 16, 16, 3)))
+
+
+def test_relabel_mixers_refuse_per_device_mixing():
+  c = _vit_config("transmix", per_device_mixing=True)
+  with pytest.raises(ValueError, match="`config.per_device_mixing=True` is "
+                     "not supported with mixer 'transmix'"):
+    static.StaticMixing.check_config(c)
+  static.StaticMixing.check_config(_vit_config("smmix",
+                                               per_device_mixing=True))
+
+
+def test_8_devices_match_1_device():
+  """TL-Align: relabelled from the per-block attention of the mixed pass
+  (the token-attention path is a plain clean pass, as the saliency's)."""
+  name = "tlalign"
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, SIZE, SIZE, 3)).astype(np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32)}
+             for _ in range(2)]
+  key = jax.random.key(3)
+  runs = []
+  # 8 devices also with per-device "BatchNorm" groups: a ViT has none, so
+  # the vmapped forward (with return_attention for TL-Align) changes nothing.
+  for devices, groups in ((1, False), (8, True)):
+    c = _vit_config(name, batch_size=16, per_device_batch_stats=groups)
+    with jax.default_matmul_precision("highest"):
+      runs.append(test_sharded._run(jax.devices()[:devices], c, batches, key,
+                                    size=SIZE))
+  (loss1, state1), (loss8, state8) = runs
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-5,
+                              atol=1e-5)
