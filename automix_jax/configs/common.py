@@ -85,30 +85,69 @@ OPENMIXUP_CIFAR_MIXERS = {
 }
 
 
-def mixer_block(mixer: str) -> tuple[mlc.ConfigDict, mlc.ConfigDict]:
-  """``(config.mixer, config.switch)`` for an OpenMixup CIFAR mixer name.
+# Static mixers of OpenMixup's CIFAR-100 ViT benchmark (DeiT-S / Swin-T at
+# 224 px, configs/classification/cifar100/README.md): each α as listed there.
+# "deit" is DeiT's recipe, CutMix(1) or MixUp(0.8) with probability 1/2 each.
+OPENMIXUP_VIT_MIXERS = {
+    "vanilla": ("none", {}),
+    "mixup": ("mixup", {"alpha": 0.8}),
+    "cutmix": ("cutmix", {"alpha": 2.0}),
+    "deit": [("cutmix", {"alpha": 1.0}), ("mixup", {"alpha": 0.8})],
+    "fmix": ("fmix", {"alpha": 1.0}),
+    "saliencymix": ("saliencymix", {"alpha": 0.2}),
+    "resizemix": ("resizemix", {"alpha": 1.0}),
+    "gridmix": ("gridmix", {"alpha": 1.0}),
+    "smoothmix": ("smoothmix", {"alpha": 0.2}),
+    "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
+}
+
+
+def mixer_block(mixer: str, table: dict | None = None
+                ) -> tuple[mlc.ConfigDict, mlc.ConfigDict]:
+  """``(config.mixer, config.switch)`` for a mixer name of ``table``
+  (default ``OPENMIXUP_CIFAR_MIXERS``).
 
   ``"a+b"`` (e.g. ``"mixup+cutmix"``) builds a uniform switch over the named
-  mixers (OpenMixup's ``mix_mode=[...]`` lists), each at its CIFAR α.
+  mixers (OpenMixup's ``mix_mode=[...]`` lists), each at its α; a table
+  entry that is a list (``"deit"``) is such a switch by itself.
   """
+  table = OPENMIXUP_CIFAR_MIXERS if table is None else table
   parts = [p for p in mixer.split("+") if p]
   for p in parts:
-    if p not in OPENMIXUP_CIFAR_MIXERS:
+    if p not in table:
       raise ValueError(
           f"unknown mixer {p!r} for this config; choose from "
-          f"{', '.join(sorted(OPENMIXUP_CIFAR_MIXERS))} or join several with "
+          f"{', '.join(sorted(table))} or join several with "
           "'+' for a random switch.")
   if not parts:
     raise ValueError("`mixer` must name at least one mixer.")
-  name, kwargs = OPENMIXUP_CIFAR_MIXERS[parts[0]]
+  entries = []
+  for p in parts:
+    entry = table[p]
+    entries.extend(entry if isinstance(entry, list) else [entry])
+  name, kwargs = entries[0]
   mix = mlc.ConfigDict({"name": name, "kwargs": dict(kwargs)})
   switch = mlc.ConfigDict({
-      "enabled": len(parts) > 1,
-      "mixers": tuple(OPENMIXUP_CIFAR_MIXERS[p][0] for p in parts),
-      "kwargs": tuple(dict(OPENMIXUP_CIFAR_MIXERS[p][1]) for p in parts),
-      "probs": tuple([1.0 / len(parts)] * len(parts)),
+      "enabled": len(entries) > 1,
+      "mixers": tuple(n for n, _ in entries),
+      "kwargs": tuple(dict(k) for _, k in entries),
+      "probs": tuple([1.0 / len(entries)] * len(entries)),
       "p_none": 0.0})
   return mix, switch
+
+
+def decouple_block(*, enabled: bool = True, eta: float = 0.1,
+                   lam_scale: str = "pow", lam_thr: float = 1.0,
+                   lam_idx: float = 1.0, mode: str = "both", thr: float = 0.5,
+                   min_weight: float = 1e-3) -> mlc.ConfigDict:
+  """``config.loss.decouple``: DecoupleMix's regulariser
+  (``automix_jax.train.losses.decoupled_regularizer``). Defaults: OpenMixup's
+  CIFAR decouple configs (``ClsMixupHead(lam_scale_mode='pow', lam_thr=1,
+  lam_idx=1, eta_weight=dict(eta=0.1, mode='both'))``: η = 0.1 λ_i)."""
+  return mlc.ConfigDict({
+      "enabled": enabled, "eta": eta, "lam_scale": lam_scale,
+      "lam_thr": lam_thr, "lam_idx": lam_idx, "mode": mode, "thr": thr,
+      "min_weight": min_weight})
 
 
 def base_config() -> mlc.ConfigDict:
@@ -148,8 +187,13 @@ def base_config() -> mlc.ConfigDict:
       "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
       "weight_decay": 1e-4, "schedule": "cosine", "min_lr": 0.0,
       "by_epoch": True, "warmup_epochs": 0.0, "warmup_start_lr": 0.0,
-      "grad_clip_norm": 0.0})
+      "grad_clip_norm": 0.0,
+      # Regexes over parameter paths without weight decay (optim.decay_mask).
+      "weight_decay_exclude": ()})
   c.label_smoothing = 0.0
+  # Loss variants on the mixed samples (static: the mixed CE; learned: the
+  # classifier's mixed CE). DecoupleMix (Liu et al., NeurIPS 2023): off.
+  c.loss = mlc.ConfigDict({"decouple": decouple_block(enabled=False)})
 
   c.mixer, c.switch = mixer_block("mixup")
   # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners
@@ -181,6 +225,57 @@ def openmixup_cifar100(c: mlc.ConfigDict, *, min_lr: float) -> mlc.ConfigDict:
   c.optimizer.schedule = "cosine"
   c.optimizer.by_epoch = True
   c.optimizer.min_lr = min_lr
+  return c
+
+
+# Parameters without weight decay in OpenMixup's / AdAutoMix's ViT configs
+# (mmcv paramwise_options 'norm', 'bias', 'cls_token', 'pos_embed'; Swin:
+# 'absolute_pos_embed', 'relative_position_bias_table'), as regexes over this
+# package's parameter paths (train.optim.decay_mask).
+VIT_NO_DECAY = ("norm", "bias", "cls_token", "pos_embed")
+SWIN_NO_DECAY = ("norm", "bias", "relative_position_bias_table")
+
+
+def vit_optimizer(c: mlc.ConfigDict, *, lr: float, min_lr: float,
+                  warmup_epochs: float, warmup_ratio: float,
+                  grad_clip_norm: float, no_decay: tuple = VIT_NO_DECAY,
+                  weight_decay: float = 0.05, by_epoch: bool = False
+                  ) -> mlc.ConfigDict:
+  """The DeiT/Swin optimizer of OpenMixup's ViT configs: AdamW (β 0.9,
+  0.999, eps 1e-8), weight decay 0.05 except ``no_decay``, cosine to
+  ``min_lr`` per iteration (``by_epoch=False``), mmcv's linear warm-up from
+  ``warmup_ratio * lr``, global-norm gradient clipping."""
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = lr
+  c.optimizer.min_lr = min_lr
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.weight_decay_exclude = tuple(no_decay)
+  c.optimizer.schedule = "cosine"
+  c.optimizer.by_epoch = by_epoch
+  c.optimizer.warmup_epochs = float(warmup_epochs)
+  c.optimizer.warmup_start_lr = lr * warmup_ratio
+  c.optimizer.grad_clip_norm = grad_clip_norm
+  return c
+
+
+def cifar100_224(c: mlc.ConfigDict, *, randaugment: str,
+                 erasing_prob: float) -> mlc.ConfigDict:
+  """CIFAR-100 upsampled to 224 px as OpenMixup's ``_base_/datasets/cifar100/
+  sz224_randaug_bs100.py`` / ``sz224_swin_bs100.py``: RandomResizedCrop 224
+  (scale 0.8-1, bicubic) + flip + RandAugment, random erasing (random
+  colour) for Swin; eval resizes to 224 (bicubic). ``data.augment="deit"``
+  with timm's RandAugment ops at the same N / M / mstd."""
+  c.data.name = "cifar100"
+  c.data.archive_path = ""
+  c.data.mean, c.data.std = CIFAR10_MEAN, CIFAR10_STD
+  c.data.augment = "deit"
+  c.data.image_size = 224
+  c.data.crop_scale = (0.8, 1.0)
+  c.data.crop_pct = 1.0
+  c.data.resize_method = "bicubic"
+  c.data.randaugment = randaugment
+  c.data.erasing_prob = erasing_prob
+  c.data.erasing_mode = "rand"
   return c
 
 

@@ -254,6 +254,8 @@ class LearnedMixingBase:
                                    TEACHER_BN, f"{self.block_name}.teacher_bn")
     self.label_smoothing = check_unit(float(config.get("label_smoothing", 0.0)),
                                       "label_smoothing", high_open=True)
+    # DecoupleMix on the classifier's mixed CE (config.loss.decouple).
+    self.decouple = losses.decouple_from_config(config.get("loss", None))
     self._read_block(block)
 
     if model is None:
@@ -304,6 +306,17 @@ class LearnedMixingBase:
 
   def _generator_init_args(self, features: jax.Array, image_hw) -> tuple:
     raise NotImplementedError
+
+  def mixed_ce(self, logits, targets, labels, metrics):
+    """The classifier's loss on a mixed sample: soft CE, plus DecoupleMix's
+    regulariser with ``config.loss.decouple`` (then its batch mean is also
+    added to ``metrics["decouple_reg"]``, summed over the mixed samples)."""
+    ce, reg = losses.mixed_cross_entropy(logits, targets, labels,
+                                         decouple=self.decouple,
+                                         smoothing=self.label_smoothing)
+    if self.decouple is not None:
+      metrics["decouple_reg"] = metrics.get("decouple_reg", 0.0) + reg
+    return ce
 
   # -- init -------------------------------------------------------------------
 

@@ -169,7 +169,7 @@ class AdAutoMix(L.LearnedMixingBase):
     lam_mb_bn = jnp.broadcast_to(d["lam_mb"], (b, n))
     idx_bb, idx_mb = d["perm_bb"].T, d["perm_mb"].T              # [B, N]
     return {
-        **d, "n": n, "images": images, "targets": targets,
+        **d, "n": n, "images": images, "labels": labels, "targets": targets,
         "image_hw": image_hw, "features": features,
         "teacher_logits": t_out["logits"]["mix"],
         "stats0": stats0, "stats1": stats1, "fire": fire,
@@ -222,13 +222,16 @@ class AdAutoMix(L.LearnedMixingBase):
     cls = params["classifier"]
     out_one, stats = self.online_apply(cls, state.batch_stats, images, k_q1)
     ce_one = L.soft_ce(out_one["logits"]["one"], ctx["targets"])
+    extra = {}
     if n >= 3:
       out_lin, stats = self.online_apply(cls, stats, ctx["x_lin"], k_q2)
-      ce_lin = L.soft_ce(out_lin["logits"]["mix"], ctx["y_bb"])
+      ce_lin = self.mixed_ce(out_lin["logits"]["mix"], ctx["y_bb"],
+                             ctx["labels"], extra)
     else:
       ce_lin = jnp.float32(0.0)
     out_bb, stats = self.online_apply(cls, stats, ctx["x_bb"], k_q3)
-    ce_amce = L.soft_ce(out_bb["logits"]["mix"], ctx["y_bb"])
+    ce_amce = self.mixed_ce(out_bb["logits"]["mix"], ctx["y_bb"],
+                            ctx["labels"], extra)
     a = self.mixup_radio
     loss_cls = (ce_amce + (1.0 - a) * ce_one + a * ce_lin if n >= 3
                 else ce_amce + ce_one)
@@ -236,7 +239,7 @@ class AdAutoMix(L.LearnedMixingBase):
            "m_mb": jnp.moveaxis(m_mb, -1, 1),                  # [B, N, H, W]
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
                        "ce_one": ce_one, "ce_mix": ce_amce, "ce_lin": ce_lin,
-                       "ce_teacher_mix": ce_teacher, "cos": cos}}
+                       "ce_teacher_mix": ce_teacher, "cos": cos, **extra}}
     return loss_cls, loss_gen, aux
 
   def _step_n(self, n: int, state, batch, step_key):

@@ -150,7 +150,8 @@ class AutoMix(L.LearnedMixingBase):
     fire = self.margin_fires(lam_bb)
     s_bb = jnp.where(fire, (1.0 - lam_bb).astype(s_bb.dtype), s_bb)
     return {
-        **d, "images": images, "targets": targets, "image_hw": image_hw,
+        **d, "images": images, "labels": labels, "targets": targets,
+        "image_hw": image_hw,
         "features": features, "teacher_stats": t_stats, "fire": fire,
         "x_bb": self.mix(images, s_bb, d["perm_bb"]),
         "y_mb": mixers.mix_labels(targets, jnp.broadcast_to(lam_mb, (b,)),
@@ -183,13 +184,15 @@ class AutoMix(L.LearnedMixingBase):
     out_one, stats = self.online_apply(cls, state.batch_stats, images, k_q2)
     ce_one = L.soft_ce(out_one["logits"]["one"], ctx["targets"])
     out_bb, stats = self.online_apply(cls, stats, ctx["x_bb"], k_q1)
-    ce_mix = L.soft_ce(out_bb["logits"]["mix"], ctx["y_bb"])
+    extra = {}
+    ce_mix = self.mixed_ce(out_bb["logits"]["mix"], ctx["y_bb"],
+                           ctx["labels"], extra)
     loss_cls = ce_mix + ce_one
     aux = {"stats": stats, "teacher_stats": t_stats2, "x_mb": x_mb, "s_mb": s_mb,
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
                        "ce_mix": ce_mix, "ce_one": ce_one,
                        "ce_teacher_mix": ce_teacher, "mask_loss": mask_l1,
-                       "mask_mean": mask_mean}}
+                       "mask_mean": mask_mean, **extra}}
     return loss_cls, loss_gen, aux
 
   def train_step(self, state, batch, key):

@@ -6,13 +6,19 @@ weight_decay, nesterov)``: torch adds ``weight_decay * param`` to the gradient
 (coupled L2) *before* the momentum buffer, which is
 ``optax.add_decayed_weights`` chained before ``optax.sgd``. Gradient clipping
 (``torch.nn.utils.clip_grad_norm_``, applied to the raw gradient) comes first.
+``weight_decay_exclude`` (regular expressions searched in each parameter's
+``/``-joined path) turns weight decay off for the parameters it matches, as
+mmcv's ``paramwise_options={'norm': dict(weight_decay=0.), ...}`` in the
+OpenMixup / AdAutoMix ViT configs and timm's no-decay group for DeiT/Swin.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -84,6 +90,39 @@ def lr_schedule(opt_config: Any, *, steps_per_epoch: int,
   return schedule
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def decay_mask(exclude: Any) -> Callable[[Any], Any] | None:
+  """``params -> bool tree`` (True: decayed) for optax's ``mask=``, or None.
+
+  A parameter is excluded when any pattern of ``exclude`` is found
+  (``re.search``) in its path joined by ``/``, e.g. ``"block0/norm1/scale"``
+  or, in the learned methods' joint tree, ``"classifier/block0/attn/qkv/
+  bias"``. OpenMixup's DeiT/Swin rules are ``("norm", "bias", "cls_token",
+  "pos_embed")`` and ``("norm", "bias", "relative_position_bias_table")``.
+  """
+  if not exclude:
+    return None
+  if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+    raise ValueError(
+        "`optimizer.weight_decay_exclude` must be a tuple of regular "
+        f"expressions, e.g. (\"norm\", \"bias\"); got {exclude!r}.")
+  try:
+    patterns = [re.compile(p) for p in exclude]
+  except re.error as e:
+    raise ValueError(f"`optimizer.weight_decay_exclude`: bad pattern "
+                     f"({e}); got {exclude!r}.") from None
+
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(p.search(_path_name(path)) for p in patterns),
+        params)
+
+  return mask
+
+
 def make_optimizer(opt_config: Any, *, steps_per_epoch: int, num_epochs: int
                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """Returns ``(tx, schedule)`` for ``config.optimizer`` (see config_schema.md)."""
@@ -98,18 +137,19 @@ def make_optimizer(opt_config: Any, *, steps_per_epoch: int, num_epochs: int
   if wd < 0 or clip < 0:
     raise ValueError(f"`optimizer.weight_decay` and `grad_clip_norm` must be "
                      f">= 0; got {wd} and {clip}.")
+  mask = decay_mask(tuple(_get(opt_config, "weight_decay_exclude", ()) or ()))
   parts = []
   if clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
   if name == "sgd":
     momentum = float(_get(opt_config, "momentum", 0.9))
     if wd > 0:
-      parts.append(optax.add_decayed_weights(wd))
+      parts.append(optax.add_decayed_weights(wd, mask=mask))
     parts.append(optax.sgd(schedule, momentum=momentum or None,
                            nesterov=bool(_get(opt_config, "nesterov", False))))
   else:  # adamw: decoupled decay as torch.optim.AdamW (decay scaled by lr).
     parts.append(optax.adamw(schedule, b1=float(_get(opt_config, "b1", 0.9)),
                              b2=float(_get(opt_config, "b2", 0.999)),
                              eps=float(_get(opt_config, "eps", 1e-8)),
-                             weight_decay=wd))
+                             weight_decay=wd, mask=mask))
   return optax.chain(*parts), schedule

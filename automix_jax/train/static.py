@@ -355,6 +355,8 @@ class StaticMixing:
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"`label_smoothing` must lie in [0, 1); got "
                        f"{self.label_smoothing}.")
+    # DecoupleMix (config.loss.decouple; None = plain soft CE).
+    self.decouple = losses.decouple_from_config(config.get("loss", None))
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -430,10 +432,12 @@ class StaticMixing:
       if relabel is not None:
         # Labels are data: no gradient flows through the attention into them.
         targets, step_aux = relabel(jax.lax.stop_gradient(out))
-      loss = losses.soft_cross_entropy(out["logits"]["one"], targets)
-      return loss, (batch_stats, step_aux)
+      loss, reg = losses.mixed_cross_entropy(
+          out["logits"]["one"], targets, labels, decouple=self.decouple,
+          smoothing=self.label_smoothing)
+      return loss, (batch_stats, reg, step_aux)
 
-    (loss, (batch_stats, aux)), grads = jax.value_and_grad(
+    (loss, (batch_stats, reg, aux)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -445,6 +449,8 @@ class StaticMixing:
         "lam_mean": jnp.mean(aux["lam"]),
         "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss)),
     }
+    if self.decouple is not None:
+      metrics["decouple_reg"] = reg
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
       # m(t) of the iteration just taken (t = state.step before increment).

@@ -420,6 +420,7 @@ def test_generator_param_group_has_its_own_schedule():
     ("configs.adautomix.fine_grained", "dataset=cars,model=rx50"),
     ("configs.adautomix.fine_grained", "dataset=aircraft,model=rx50"),
     ("configs.adautomix.cifar100_vit", "model=deit_s"),
+    ("configs.adautomix.cifar100_vit", "model=swin_t"),
     ("configs.automix.cifar100", "model=r18"),
 ])
 def test_reference_configs_build(module, arg):
@@ -431,12 +432,20 @@ def test_reference_configs_build(module, arg):
   assert m.reported_variant == "ema_one"
 
 
-def test_swin_config_is_rejected_until_the_zoo_has_swin():
+@pytest.mark.parametrize("model,feature", [
+    ("swin_t", (7, 7, 768)),     # stage 4, x32 -> 224
+    ("deit_s", (14, 14, 384)),   # tokens after block 6, x16 -> 224
+])
+def test_vit_configs_build_with_their_mask_features(model, feature):
+  """The 224-px ViT configs: the model builds, the generator's feature map
+  and scale fit the image (shapes only, no compute)."""
   from configs.adautomix import cifar100_vit
-  c = cifar100_vit.get_config("model=swin_t")
+  c = cifar100_vit.get_config(f"model={model}")
   c.lock()
-  with pytest.raises(ValueError, match="swin_tiny"):
-    adautomix.AdAutoMix(c, num_classes=100, steps_per_epoch=5)
+  m = adautomix.AdAutoMix(c, num_classes=100, steps_per_epoch=5)
+  sample = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  assert m.check_features(sample)[1:] == feature
+  assert m.is_random == (model == "swin_t")
 
 
 def test_running_teacher_uses_eval_mode_and_online_statistics(setup):

@@ -10,12 +10,16 @@ from automix_jax import models
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-# name, build kwargs, number of feature stages (ResNet 4, WRN 3, ViT depth).
+# name, build kwargs, number of feature stages (ResNet 4, WRN 3, ViT depth,
+# Swin len(depths)).
 _TINY = {
     "cifar_resnet18": (dict(width=1 / 16, stage_sizes=(1, 1, 1, 1)), 4),
     "wrn": (dict(width=1 / 16, depth=10, widen_factor=1), 3),
     "vit_tiny": (dict(width=1 / 8, depth=2, patch_size=4,
                       stage_blocks=(1, 2)), 2),
+    # 4x4 map with shifted 2x2 windows, then 2x2 (one window).
+    "swin_tiny": (dict(embed_dim=8, patch_size=2, depths=(2, 1),
+                       num_heads=(1, 2), window_size=2), 2),
 }
 
 
@@ -44,7 +48,7 @@ def test_feature_mix_is_called_on_the_input_and_after_every_stage(name):
   hooked = _apply(model, variables, images, record)
   assert [s for s, _ in seen] == list(range(num_stages + 1))
   assert seen[0][1] == images.shape
-  if name != "vit_tiny":  # CNN stage s is the tensor stages[s - 1] reports.
+  if name != "vit_tiny":  # CNN/Swin stage s: the tensor stages[s - 1] has.
     assert [shape for _, shape in seen[1:]] == [
         s.shape for s in plain["stages"]]
   else:  # ViT: the token sequence, CLS first.

@@ -52,6 +52,8 @@ EXPECTED = {
     "vit_tiny": (32, [(8, 8, 64)] * 4, 64),
     "deit_tiny": (224, [(14, 14, 192)] * 4, 192),
     "deit_small": (224, [(14, 14, 384)] * 4, 384),
+    "swin_tiny": (224, [(56, 56, 96), (28, 28, 192), (14, 14, 384),
+                        (7, 7, 768)], 768),
 }
 
 # Counts from torchvision / timm (see test_param_counts_match_torch_peers).
@@ -65,6 +67,7 @@ PARAM_COUNTS = {
     ("resnet50", 1000): 25_557_032,
     ("deit_tiny", 1000): 5_717_416,  # timm deit_tiny_patch16_224.
     ("deit_small", 1000): 22_050_664,  # timm deit_small_patch16_224.
+    ("swin_tiny", 1000): 28_288_354,  # timm swin_tiny_patch4_window7_224.
 }
 
 
@@ -86,9 +89,13 @@ def test_output_contract_full_size(name):
     h, w, _ = stages[-1]
     num_heads = models.build(name, num_classes=1).num_heads
     assert out["cls_attention"].shape == (2, num_heads, h * w)
+    assert out["token_attention"].shape == (2, h, w)
     assert "batch_stats" not in variables
+  elif name.startswith("swin"):
+    assert out["token_attention"].shape == (2, *stages[-1][:2])
+    assert "cls_attention" not in out and "batch_stats" not in variables
   else:
-    assert "cls_attention" not in out
+    assert "cls_attention" not in out and "token_attention" not in out
     assert "batch_stats" in variables
   assert all(p.dtype == jnp.float32
              for p in jax.tree.leaves(variables["params"]))
