@@ -99,6 +99,16 @@ OPENMIXUP_VIT_MIXERS = {
     "gridmix": ("gridmix", {"alpha": 1.0}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
     "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
+    # Vision-transformer mixers (model-aware: attention of a clean pass or
+    # labels from the mixed pass, docs/interfaces.md), each at its authors'
+    # defaults (the mixers' docstrings); TL-Align's and MixPro's patch size is
+    # the model's (train.static binds it). MixPro smooths its confidence
+    # target once: the labels carry these configs' label smoothing already.
+    "transmix": ("transmix", {"alpha": 1.0}),
+    "tokenmix": ("tokenmix", {}),
+    "smmix": ("smmix", {}),
+    "mixpro": ("mixpro", {"alpha": 1.0, "smoothing": 0.0}),
+    "tlalign": ("tlalign", {"alpha": 1.0}),
 }
 
 

@@ -23,10 +23,13 @@ head averages λ' over the batch; neither is done here.
 Deviations: the cells are MaskMix's equal blocks (see ``maskmix``: MixPro cuts
 64-px cells and crops the last row and column; its DeiT configs use 14-px
 patches and 56-px cells, a 4x4 grid of whole tokens at 224 px), and they must
-be whole tokens of the model (checked in ``relabel``: pass a ``grid`` whose
-cells are a multiple of the patch size). ``smoothing`` acts on the labels as
-given: with ``config.label_smoothing > 0`` they are smoothed already, so set
-``smoothing=0`` to smooth ỹ once. The authors alternate MaskMix with timm's
+be whole tokens of the model: checked before mixing when ``patch_size`` is
+given (the trainer passes the model's; the default grid then has the number
+of cells per side closest to 4 that cuts whole tokens), else in ``relabel``.
+``smoothing`` acts on the labels as given: with ``config.label_smoothing >
+0`` they are smoothed already, so set ``smoothing=0`` to smooth ỹ once (the
+ViT configs do); the final targets carry the config's smoothing, where the
+authors' loss uses hard labels. The authors alternate MaskMix with timm's
 MixUp/CutMix (``MASKMIX_PROB`` 0.5); here every batch is MixPro (the switch
 takes static mixers only). Where the attention sums to 0, λ_attn = λ_area.
 
@@ -62,7 +65,8 @@ def check_head(value: Any) -> str:
   return value
 
 
-CHECKS = {**_maskmix.CHECKS, "smoothing": check_smoothing, "head": check_head}
+CHECKS = {**_maskmix.CHECKS, "smoothing": check_smoothing, "head": check_head,
+          "patch_size": lambda v: C.check_positive_int(v, arg="patch_size")}
 RELABEL_OUTPUTS = ("cls_attention", "logits")
 
 
@@ -74,9 +78,30 @@ def cosine(a: Array, b: Array) -> Array:
   return jnp.sum(a * b, axis=-1) / (na * nb)
 
 
+def token_cells(tokens: int) -> int:
+  """Cells along a side of ``tokens`` tokens: the divisor closest to MixPro's
+  4 (its 4x4 grid at 224 px), the smaller on a tie."""
+  divisors = [d for d in range(2, tokens + 1) if tokens % d == 0] or [1]
+  return min(divisors, key=lambda d: (abs(d - 4), d))
+
+
+def _check_cells(height: int, width: int, grid: tuple[int, int],
+                 tokens: tuple[int, int]) -> None:
+  """Refuses MaskMix cells that are not whole ``tokens`` (``(h, w)``)."""
+  (gh, gw), (h, w) = grid, tokens
+  if h % gh or w % gw:
+    fits = [d for d in range(2, min(h, w) + 1) if h % d == 0 and w % d == 0]
+    raise ValueError(
+        f"mixpro: MaskMix cells of {height // gh}x{width // gw} px are not "
+        f"whole tokens of the model's {height // h}x{width // w}-px patches "
+        f"({h}x{w} tokens); pass a `grid` (or `mask_patch`) whose cells are "
+        f"whole tokens: grid in {fits}.")
+
+
 def mixpro(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
-           mask_patch: Any = None, grid: Any = None, smoothing: float = 0.1,
-           head: str = "one", lam_scope: str = "batch",
+           mask_patch: Any = None, grid: Any = None, patch_size: Any = None,
+           smoothing: float = 0.1, head: str = "one",
+           lam_scope: str = "batch",
            partner: str = "permutation", lam: Any = None, index: Any = None,
            data_format: Any = None):
   """MixPro: MaskMix, then λ from the mixed pass's attention and confidence.
@@ -88,6 +113,11 @@ def mixpro(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     alpha: Beta(alpha, alpha) concentration (MixPro: 1).
     mask_patch, grid: MaskMix's cells (see ``maskmix``); each cell must be a
       whole number of the model's tokens.
+    patch_size: optional model patch size (the trainer passes the model's):
+      then the cells are checked against the tokens before mixing, and with
+      neither ``grid`` nor ``mask_patch`` each side gets the divisor of its
+      token count closest to MixPro's 4 cells (4x4 cells on ``vit_tiny``'s
+      8x8 tokens, 2x2 on DeiT's 14x14 at 224 px).
     smoothing: label smoothing of ỹ in the confidence ``sim`` (MixPro: 0.1).
     head: the logits head PAL reads (``out["logits"][head]``).
     lam_scope: ``"batch"`` (the authors: one λ, cells drawn per sample) or
@@ -106,7 +136,17 @@ def mixpro(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
   x = C.channels_last(images, data_format)
   batch_size = C.check_batch(x, labels)
   height, width = x.shape[1:3]
+  if patch_size is not None:
+    patch = C.check_positive_int(patch_size, arg="patch_size")
+    if height % patch or width % patch:
+      raise ValueError(f"mixpro: `images` of {height}x{width} px are not "
+                       f"whole `patch_size` = {patch} patches.")
+    tokens = (height // patch, width // patch)
+    if grid is None and mask_patch is None:
+      grid = tuple(token_cells(t) for t in tokens)
   gh, gw = _maskmix._grid(height, width, mask_patch, grid)
+  if patch_size is not None:
+    _check_cells(height, width, (gh, gw), tokens)
   k_lam, k_mix = jax.random.split(key)
   lam = C.resolve_lam(k_lam, C.check_alpha(alpha), batch_size, lam_scope, lam)
   # One λ per batch but cells per sample (the authors' MaskMix): per-sample
@@ -122,13 +162,7 @@ def mixpro(key: Array, images: Array, labels: Array, *, alpha: float = 1.0,
     attn = A.cls_attention(out, method="mixpro")
     h, w = A.token_grid(attn.shape[-1], height, width, method="mixpro",
                         arg="the MaskMix cells")
-    if h % gh or w % gw:
-      fits = [d for d in range(2, min(h, w) + 1) if h % d == 0 and w % d == 0]
-      raise ValueError(
-          f"mixpro: MaskMix cells of {height // gh}x{width // gw} px are not "
-          f"whole tokens of the model's {height // h}x{width // w}-px patches "
-          f"({h}x{w} tokens); pass a `grid` (or `mask_patch`) whose cells are "
-          f"whole tokens: grid in {fits}.")
+    _check_cells(height, width, (gh, gw), (h, w))
     logits = out.get("logits", {}) if isinstance(out, dict) else {}
     if not isinstance(logits, dict) or head not in logits:
       raise ValueError(f"mixpro reads the model output "

@@ -134,17 +134,53 @@ def check_feature_stages(config: Any, model: Any) -> None:
           f"`config.mixer.kwargs.{hp}` within 0..{last}.")
 
 
-def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
+# Mixer hyperparameters that are properties of the model (its patch size, so
+# that token-grid mixers cut whole tokens): bound from the model's attribute of
+# the same name when the config leaves them out (docs/interfaces.md).
+MODEL_HYPERPARAMETERS = ("patch_size",)
+
+
+def model_hyperparameters(config: Any, model: Any) -> dict:
+  """``{name: model.<name>}`` for the ``MODEL_HYPERPARAMETERS`` that
+  ``config.mixer``'s mixer takes and the config does not set; a set value
+  that differs from the model's is refused (the mixer would cut the images
+  into other tokens than the model's)."""
+  if model is None or _switch_enabled(config):
+    return {}
+  name = config.mixer.name
+  kwargs = _cfg_dict(config.mixer.get("kwargs", None))
+  bound = {}
+  for hp in MODEL_HYPERPARAMETERS:
+    if hp not in mixers.hyperparameter_names(name) or not hasattr(model, hp):
+      continue
+    value = getattr(model, hp)
+    if hp not in kwargs:
+      bound[hp] = value
+    elif kwargs[hp] != value:
+      raise ValueError(
+          f"`config.mixer.kwargs.{hp}` = {kwargs[hp]!r} but model "
+          f"{config.model.name!r} has {hp} {value!r}: mixer {name!r} would "
+          f"cut the images into other tokens than the model's. Leave "
+          f"`config.mixer.kwargs.{hp}` out (it is taken from the model).")
+  return bound
+
+
+def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None,
+                model: Any = None):
   """The mixer named by ``config.mixer`` / ``config.switch`` (+ per-device).
 
   Every mixer name and keyword is validated here (unknown name or bad value ->
   ValueError naming the config key, e.g. ``config.mixer.kwargs.alpha``).
   A model-aware mixer is returned as the registry's function: it takes its
-  model inputs (``saliency=``, ``cam=``) per call, which ``per_device`` splits
-  over the devices with the batch.
+  model inputs (``saliency=``, ``cam=``, ``token_attention=``) per call, which
+  ``per_device`` splits over the devices with the batch. With ``model``, the
+  mixer's ``MODEL_HYPERPARAMETERS`` (``patch_size``) come from it.
   """
   mixer = _config_mixer(config)
   _check_model_needs(config)
+  bound = model_hyperparameters(config, model)
+  if bound:
+    mixer = functools.partial(mixer, **bound)
   if config.get("per_device_mixing", False):
     if mesh is None:
       raise ValueError("`per_device_mixing=True` needs the device mesh.")
@@ -335,7 +371,7 @@ class StaticMixing:
     self.total_steps = self.steps_per_epoch * int(config.num_epochs)
     self.mesh = mesh
     self.model = build_model(config, num_classes)
-    self.mixer = build_mixer(config, mesh)
+    self.mixer = build_mixer(config, mesh, self.model)
     self.needs = model_needs(config)
     if "feature_mix" in self.needs:
       check_feature_stages(config, self.model)
