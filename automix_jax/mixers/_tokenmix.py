@@ -218,16 +218,9 @@ def tokenmix(key: Array, images: Array, labels: Array, *,
   w_b = jnp.sum(C.take(maps, index) * token_mask, axis=(1, 2))
   if label_weights == "area":
     w_a, w_b = lam_area, 1.0 - lam_area
-  total = w_a + w_b
-  lam_out = jnp.where(total > 0, w_a / jnp.where(total > 0, total, 1.0),
-                      lam_area)
-  if normalize or label_weights == "area":
-    mixed_labels = C.mix_labels(labels, lam_out, index)
-  else:
-    lam_out = w_a
-    mixed_labels = (w_a[:, None] * labels.astype(jnp.float32) +
-                    w_b[:, None] * C.take(labels, index).astype(jnp.float32)
-                    ).astype(labels.dtype)
+  mixed_labels, lam_out = C.weighted_labels(
+      labels, w_a, w_b, index, normalize=normalize or label_weights == "area",
+      fallback=lam_area)
   aux = {"lam": jnp.clip(lam_out, 0.0, 1.0).astype(jnp.float32),
          "index": index, "mask": own, "token_mask": token_mask,
          "lam_area": lam_area.astype(jnp.float32),

@@ -18,6 +18,7 @@ import pytest
 
 from automix_jax import mixers
 from automix_jax import sharding
+from automix_jax.mixers import _mixpro
 from automix_jax.mixers import _tokenmix
 
 B, K = 8, 5
@@ -176,6 +177,18 @@ def test_mixpro_refuses_cells_that_cut_tokens():
     _relabel_abstractly("mixpro", _attention_out((2, 2)), grid=4)
   with pytest.raises(ValueError, match="out\\[\"logits\"\\]\\['mix'\\]"):
     _relabel_abstractly("mixpro", _attention_out((4, 4)), grid=2, head="mix")
+  # With the model's patch size the cells are checked before mixing, and the
+  # default grid cuts whole tokens, as close to MixPro's 4x4 as they allow.
+  x, y, _ = _batch()
+  with pytest.raises(ValueError, match=r"not whole tokens.*grid in \[2\]"):
+    jax.eval_shape(lambda: mixers.mixpro(jax.random.key(0), x, y, grid=4,
+                                         patch_size=8))
+  assert [_mixpro.token_cells(t) for t in (8, 14, 7, 6)] == [4, 2, 7, 3]
+  _, _, aux, _ = _call("mixpro", jax.random.key(1), x, y, patch_size=8,
+                       out=_attention_out((2, 2)), lam=0.5)
+  cells = np.asarray(aux["mask"])[:, ::8, ::8, 0]  # 2x2 cells of one token
+  np.testing.assert_array_equal(
+      np.asarray(aux["mask"])[..., 0], np.repeat(np.repeat(cells, 8, 1), 8, 2))
 
 
 # ---------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from tests.train.test_static_step import tiny_config
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SIZE = 16  # vit_tiny's 4-px patches: a 4x4 token grid
-# Per mixer: keywords for the 16-px images (TL-Align needs the patch size,
-# MixPro cells of whole tokens).
-KWARGS = {"transmix": {}, "mixpro": {"grid": 2}, "tlalign": {"patch_size": 4},
-          "tokenmix": {}, "smmix": {}}
+# Per mixer: keywords in the config (TL-Align's and MixPro's patch size comes
+# from the model).
+KWARGS = {"transmix": {}, "mixpro": {}, "tlalign": {}, "tokenmix": {},
+          "smmix": {}}
 
 
 def _vit_config(name, **overrides):
@@ -43,7 +43,9 @@ def test_step_trains_on_the_per_sample_labels(name):
                                jnp.zeros((2, SIZE, SIZE, 3)))
   batch = tiny_batch(size=SIZE)
   key = jax.random.key(7)
-  model, mixer = method.model, mixers.get(name, **KWARGS[name])
+  model = method.model
+  mixer = mixers.get(name, **({"patch_size": model.patch_size}
+                              if name == "tlalign" else {}))
   flags = {"return_attention": True} if name == "tlalign" else {}
 
   @jax.jit
@@ -95,6 +97,18 @@ def test_a_resnet_is_refused_naming_the_mixer_and_the_output(name, output):
   with pytest.raises(ValueError, match=f"mixer '{name}'.*needs the model "
                      f"output {output}"):
     jax.eval_shape(method.init, jax.random.key(0), jnp.zeros((2, 16, 16, 3)))
+
+
+def test_patch_size_is_the_models():
+  method = static.StaticMixing(_vit_config("tlalign"), num_classes=10,
+                               steps_per_epoch=5)
+  assert method.mixer.keywords == {"patch_size": 4}
+  c = _vit_config("mixpro")
+  with c.unlocked():
+    c.mixer.kwargs.patch_size = 8
+  with pytest.raises(ValueError, match="`config.mixer.kwargs.patch_size` = 8 "
+                     "but model 'vit_tiny' has patch_size 4"):
+    static.StaticMixing(c, num_classes=10, steps_per_epoch=5)
 
 
 def test_relabel_mixers_refuse_per_device_mixing():
