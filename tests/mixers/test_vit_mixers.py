@@ -78,6 +78,15 @@ def _relabel_abstractly(name, out, **kwargs):
   return jax.eval_shape(lambda: fn(jax.random.key(0), x, y)[1](out))
 
 
+def _two_labels(ids, partner_ids, w_own, w_partner=None):
+  """``w_own one_hot(ids) + w_partner one_hot(partner_ids)``, ``[B, K]``
+  (``w_partner = 1 - w_own`` by default)."""
+  w_own = np.asarray(w_own)[:, None]
+  w_partner = 1 - w_own if w_partner is None else np.asarray(w_partner)[:,
+                                                                        None]
+  return w_own * np.eye(K)[ids] + w_partner * np.eye(K)[partner_ids]
+
+
 def _rows_sum_to_one(labels):
   np.testing.assert_allclose(np.asarray(labels).sum(-1), 1.0, atol=1e-5)
 
@@ -164,9 +173,8 @@ def test_mixpro_is_the_authors_progressive_attention_labelling():
   probs = torch.softmax(torch.tensor(np.asarray(out["logits"]["one"])), -1)
   sim = torch.cosine_similarity(targets, probs, dim=1)
   lam = sim * lam_attn + (1 - sim) * ratio[:, 0]
-  want = (lam[:, None] * torch.tensor(np.eye(K)[ids]) +
-          (1 - lam[:, None]) * torch.tensor(np.eye(K)[ids[index]]))
-  np.testing.assert_allclose(labels, want.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(labels, _two_labels(ids, ids[index], lam.numpy()),
+                             rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux2["sim"], sim.numpy(), rtol=1e-5)
   _rows_sum_to_one(labels)
   assert np.ptp(np.asarray(aux2["lam"])) > 1e-3  # per sample
@@ -312,10 +320,9 @@ def test_tokenmix_labels_are_the_attention_on_each_images_tokens(mask_type):
   maps = np.asarray(att) / np.asarray(att).sum((1, 2), keepdims=True)
   w_a = (maps * (1 - tm)).sum((1, 2))
   w_b = (maps[::-1] * tm).sum((1, 2))
-  lam = w_a / (w_a + w_b)
-  want = lam[:, None] * np.eye(K)[ids] + (1 - lam[:, None]) * np.eye(K)[
-      ids[::-1]]
-  np.testing.assert_allclose(labels, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(labels, _two_labels(ids, ids[::-1],
+                                                 w_a / (w_a + w_b)),
+                             rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux["weights"], np.stack([w_a, w_b], 1),
                              rtol=1e-5)
   np.testing.assert_allclose(aux["lam_area"], 1 - tm.mean((1, 2)), rtol=1e-6)
@@ -335,9 +342,8 @@ def test_tokenmix_batch_mask_per_sample_weights_raw_and_area():
   _, raw, aux_raw, _ = _call("tokenmix", jax.random.key(7), x, y,
                              token_attention=att, normalize=False)
   w = np.asarray(aux_raw["weights"])
-  np.testing.assert_allclose(
-      raw, w[:, :1] * np.eye(K)[ids] + w[:, 1:] * np.eye(K)[ids[::-1]],
-      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(raw, _two_labels(ids, ids[::-1], w[:, 0],
+                                              w[:, 1]), rtol=1e-5, atol=1e-6)
   _, area, aux_area, _ = _call("tokenmix", jax.random.key(7), x, y,
                                token_attention=att, label_weights="area")
   np.testing.assert_allclose(aux_area["lam"], 1 - tm.mean((1, 2)), rtol=1e-6)
