@@ -203,7 +203,12 @@ def base_config() -> mlc.ConfigDict:
   c.label_smoothing = 0.0
   # Loss variants on the mixed samples (static: the mixed CE; learned: the
   # classifier's mixed CE). DecoupleMix (Liu et al., NeurIPS 2023): off.
-  c.loss = mlc.ConfigDict({"decouple": decouple_block(enabled=False)})
+  # SMMix's fine-grained and consistency terms (static step, with mixers that
+  # mark the partner's tokens; the authors' weights): off.
+  c.loss = mlc.ConfigDict({
+      "decouple": decouple_block(enabled=False),
+      "smmix": mlc.ConfigDict({"enabled": False, "fine_weight": 0.5,
+                               "consistency_weight": 1.0})})
 
   c.mixer, c.switch = mixer_block("mixup")
   # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners

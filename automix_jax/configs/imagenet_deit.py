@@ -75,6 +75,8 @@ def get_config(arg=None):
                        no_decay=no_decay, by_epoch=arg.model != "swin_t")
   c.mixer, c.switch = common.mixer_block(arg.mixer,
                                          common.OPENMIXUP_VIT_MIXERS)
+  # SMMix with its authors' fine-grained and consistency terms.
+  c.loss.smmix.enabled = c.mixer.name == "smmix"
   c.loss.decouple.enabled = arg.decouple
   c.ema.enabled = arg.ema
   c.ema.schedule = "constant"

@@ -21,13 +21,16 @@ ViT's ``"token_attention"`` is the CLS attention (OpenMixup's
 ``augments/smmix.py`` reads that too), and Swin's the received attention.
 Any non-negative ``[B, h, w]`` map may be passed.
 
-Labels: the authors' "fine-grained label assignment" adds loss terms on the
-model's pooled output tokens of each region (a token head trained on
-``y_a`` / ``y_b``) and a consistency term with the clean predictions; the
-mixed image's own label is the area λ above, which is what this mixer
-returns. ``aux['token_mask']`` marks the partner's tokens for such terms.
-OpenMixup also leaves them off by default. The authors alternate SMMix with
-MixUp (α 0.8, probability 0.5); here every batch is SMMix.
+Labels: the mixed image's label is the area λ above, which this mixer
+returns. The authors' "fine-grained label assignment" (the mixed pass's
+output tokens of each image's region, mean-pooled and classified, against
+that image's label) and feature consistency (KL to the λ-mix of the clean
+pass's predictions) are loss terms on the model's outputs: the static step
+adds them with ``config.loss.smmix`` (``train/losses.py``:
+``region_cross_entropy``, ``consistency_kl``; on in the ViT configs for
+``mixer=smmix``), from ``aux['token_mask']``. OpenMixup leaves them off by
+default. The authors alternate SMMix with MixUp (α 0.8, probability 0.5);
+here every batch is SMMix.
 """
 
 from __future__ import annotations

@@ -335,7 +335,13 @@ class StaticMixing:
     w]`` of a clean forward pass in **eval mode** (no dropout or stochastic
     depth, nothing updated): SMMix's code (Chen et al., ICCV 2023,
     github.com/ChenMnZ/SMMix ``smmix.py``: ``motivat_model.eval()`` under
-    ``no_grad``).
+    ``no_grad``). With ``config.loss.smmix.enabled`` the loss adds SMMix's
+    fine-grained label assignment (the mixed pass's last-stage tokens of
+    each image's region, mean-pooled, through head "one", against that
+    image's targets; weight ``fine_weight`` on the sum of the two CEs) and
+    its consistency term (KL to the λ-mix of that clean pass's logits;
+    ``consistency_weight``): the authors' ``cls + ½ (fine_a + fine_b) +
+    con``.
   * ``"relabel"``: the mixer returns ``(mixed, relabel, aux)``; the one
     differentiated forward runs on ``mixed`` (with ``return_attention=True``
     when ``mixers.relabel_outputs`` holds ``"attention"``) and the targets
@@ -393,6 +399,14 @@ class StaticMixing:
                        f"{self.label_smoothing}.")
     # DecoupleMix (config.loss.decouple; None = plain soft CE).
     self.decouple = losses.decouple_from_config(config.get("loss", None))
+    # SMMix's fine-grained and consistency terms (config.loss.smmix).
+    self.smmix_loss = losses.smmix_from_config(config.get("loss", None))
+    if self.smmix_loss is not None and "token_attention" not in self.needs:
+      raise ValueError(
+          "`config.loss.smmix.enabled=True` needs a mixer that marks the "
+          "partner's tokens (aux['token_mask']) after a clean pass (need "
+          "\"token_attention\": smmix, tokenmix); config.mixer.name is "
+          f"{config.mixer.name!r}.")
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -446,7 +460,8 @@ class StaticMixing:
     k_mix, k_drop = jax.random.split(step_key)  # by purpose: mixing, dropout
     targets = mixers.one_hot(labels, self.num_classes,
                              smoothing=self.label_smoothing)
-    inputs, start_stats = self._model_inputs(state, images, labels, step_key)
+    inputs, start_stats, clean = self._model_inputs(state, images, labels,
+                                                    step_key)
     mixed, mixed_targets, aux = self.mixer(k_mix, images, targets, **inputs)
     model_kwargs = {}
     if "feature_mix" in self.needs:
@@ -458,6 +473,8 @@ class StaticMixing:
       relabel, mixed_targets = mixed_targets, None
       if "attention" in self.relabel_outputs:
         model_kwargs["return_attention"] = True
+
+    own_targets = targets  # unmixed (SMMix's fine-grained terms)
 
     def loss_fn(params):
       out, batch_stats = train_apply(
@@ -471,9 +488,13 @@ class StaticMixing:
       loss, reg = losses.mixed_cross_entropy(
           out["logits"]["one"], targets, labels, decouple=self.decouple,
           smoothing=self.label_smoothing)
-      return loss, (batch_stats, reg, step_aux)
+      terms = {}
+      if self.smmix_loss is not None:
+        loss, terms = self._smmix_terms(loss, out, params, own_targets,
+                                        step_aux, clean)
+      return loss, (batch_stats, reg, step_aux, terms)
 
-    (loss, (batch_stats, reg, aux)), grads = jax.value_and_grad(
+    (loss, (batch_stats, reg, aux, terms)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -487,6 +508,7 @@ class StaticMixing:
     }
     if self.decouple is not None:
       metrics["decouple_reg"] = reg
+    metrics.update(terms)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
       # m(t) of the iteration just taken (t = state.step before increment).
@@ -507,12 +529,33 @@ class StaticMixing:
         ema_batch_stats=ema_batch_stats)
     return new_state, metrics
 
+  def _smmix_terms(self, loss: jax.Array, out: dict, params: Any,
+                   own_targets: jax.Array, aux: dict, clean: dict
+                   ) -> tuple[jax.Array, dict]:
+    """``loss`` plus SMMix's fine-grained and consistency terms (Chen et al.,
+    ICCV 2023; ``losses.region_cross_entropy`` / ``consistency_kl``) on the
+    mixed pass's last-stage tokens, head "one" and the clean pass's logits;
+    and the terms as metrics."""
+    head = params["heads"]["one"]
+    index = aux["index"]
+    fine_own, fine_partner = losses.region_cross_entropy(
+        out["stages"][-1], aux["token_mask"], (head["kernel"], head["bias"]),
+        own_targets, own_targets[index])
+    kl = losses.consistency_kl(out["logits"]["one"], clean["logits"]["one"],
+                               aux["lam"], index)
+    w = self.smmix_loss
+    loss = (loss + w["fine_weight"] * (fine_own + fine_partner) +
+            w["consistency_weight"] * kl)
+    return loss, {"smmix_fine": 0.5 * (fine_own + fine_partner),
+                  "smmix_consistency": kl}
+
   def _model_inputs(self, state: state_lib.TrainState, images: jax.Array,
                     labels: jax.Array, step_key: jax.Array
-                    ) -> tuple[dict, Any]:
-    """The mixer's model inputs and the BatchNorm statistics the
-    differentiated forward starts from (see the class docstring)."""
-    inputs, stats = {}, state.batch_stats
+                    ) -> tuple[dict, Any, Any]:
+    """The mixer's model inputs, the BatchNorm statistics the
+    differentiated forward starts from (see the class docstring) and the
+    clean eval-mode pass's outputs (None without "token_attention")."""
+    inputs, stats, clean = {}, state.batch_stats, None
     # Model inputs are data for the mixer: no gradient reaches the weights
     # through them (stop_gradient also documents it; they are computed
     # outside the differentiated loss anyway).
@@ -537,12 +580,13 @@ class StaticMixing:
           models.class_activation_map(out, params, "one", labels))
     if "token_attention" in self.needs:
       from automix_jax import models  # Lazy, as build_model.
-      out = self.model.apply({"params": params,
-                              "batch_stats": state.batch_stats}, images,
-                             train=False)
-      inputs["token_attention"] = jax.lax.stop_gradient(models.require_output(
-          out, "token_attention", needed_by=f"mixer {self.config.mixer.name!r}"))
-    return inputs, stats
+      clean = jax.lax.stop_gradient(self.model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, images,
+          train=False))
+      inputs["token_attention"] = models.require_output(
+          clean, "token_attention",
+          needed_by=f"mixer {self.config.mixer.name!r}")
+    return inputs, stats, clean
 
   # --------------------------------------------------------------------------
 

@@ -99,6 +99,90 @@ def test_a_resnet_is_refused_naming_the_mixer_and_the_output(name, output):
     jax.eval_shape(method.init, jax.random.key(0), jnp.zeros((2, 16, 16, 3)))
 
 
+def test_smmix_loss_terms_are_the_authors():
+  """``region_cross_entropy`` / ``consistency_kl`` against the authors'
+  token head on masked mean tokens and ``KLDivLoss(batchmean)``, in torch."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  b, h, w, d, k = 6, 4, 4, 8, 5
+  tokens = rng.normal(size=(b, h, w, d)).astype(np.float32)
+  mask = (rng.random((b, h, w)) < 0.4).astype(np.float32)
+  mask[:, 0, 0], mask[:, 0, 1] = 0, 1  # both regions non-empty
+  kernel = rng.normal(size=(d, k)).astype(np.float32)
+  bias = rng.normal(size=(k,)).astype(np.float32)
+  ids = rng.integers(0, k, b)
+  hot = np.eye(k, dtype=np.float32)[ids] * 0.9 + 0.1 / k
+  index = np.arange(b)[::-1].copy()
+  own, partner = losses.region_cross_entropy(
+      jnp.asarray(tokens), jnp.asarray(mask), (kernel, bias), hot,
+      hot[index])
+  head = torch.nn.Linear(d, k)
+  head.weight.data, head.bias.data = torch.tensor(kernel.T), torch.tensor(bias)
+  image_token = torch.tensor(tokens).reshape(b, h * w, d)
+  soft_ce = lambda z, t: torch.sum(-t * torch.log_softmax(z, -1), -1).mean()
+  for m, t, got in ((1 - mask, hot, own), (mask, hot[index], partner)):
+    m = torch.tensor(m).reshape(b, -1)
+    result = head((image_token * m.unsqueeze(-1)).sum(1) /
+                  m.sum(1, keepdim=True))
+    np.testing.assert_allclose(got, soft_ce(result, torch.tensor(t)).item(),
+                               rtol=1e-5)
+  logits = rng.normal(size=(b, k)).astype(np.float32)
+  clean = rng.normal(size=(b, k)).astype(np.float32)
+  lam = rng.random(b).astype(np.float32)
+  got = losses.consistency_kl(logits, clean, lam, index)
+  lt, ct = torch.tensor(lam)[:, None], torch.tensor(clean)
+  mixed = lt * ct + (1 - lt) * ct[torch.tensor(index)]
+  want = torch.nn.KLDivLoss(reduction="batchmean")(
+      torch.log_softmax(torch.tensor(logits), 1), torch.softmax(mixed, 1))
+  np.testing.assert_allclose(got, want.item(), rtol=1e-5)
+
+
+def test_smmix_loss_in_the_step():
+  c = _vit_config("smmix", **{"loss.smmix.enabled": True})
+  method = static.StaticMixing(c, num_classes=10, steps_per_epoch=5)
+  state = jax.jit(method.init)(jax.random.key(0),
+                               jnp.zeros((2, SIZE, SIZE, 3)))
+  batch, key = tiny_batch(size=SIZE), jax.random.key(7)
+  model = method.model
+
+  @jax.jit
+  def hand_step(state, batch):
+    k_mix, k_drop = jax.random.split(jax.random.fold_in(key, 0))
+    hot = mixers.one_hot(batch["label"], 10)
+    clean = model.apply({"params": state.params}, batch["image"], train=False)
+    mixed, targets, aux = mixers.smmix(
+        k_mix, batch["image"], hot, token_attention=clean["token_attention"])
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, mixed, train=True,
+                        rngs={"dropout": k_drop})
+      head = params["heads"]["one"]
+      own, partner = losses.region_cross_entropy(
+          out["stages"][-1], aux["token_mask"],
+          (head["kernel"], head["bias"]), hot, hot[aux["index"]])
+      kl = losses.consistency_kl(out["logits"]["one"],
+                                 clean["logits"]["one"], aux["lam"],
+                                 aux["index"])
+      return (losses.soft_cross_entropy(out["logits"]["one"], targets) +
+              0.5 * (own + partner) + kl)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, _ = method.tx.update(grads, state.opt_state, state.params)
+    return loss, optax.apply_updates(state.params, updates)
+
+  loss, want = hand_step(state, batch)
+  new, metrics = jax.jit(method.train_step)(state, batch, key)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  assert float(metrics["smmix_fine"]) > 0 and float(
+      metrics["smmix_consistency"]) > 0
+  chex.assert_trees_all_close(new.params, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="`config.loss.smmix.enabled=True` "
+                     "needs a mixer that marks the partner's tokens"):
+    static.StaticMixing(_vit_config("transmix",
+                                    **{"loss.smmix.enabled": True}),
+                        num_classes=10, steps_per_epoch=5)
+
+
 def test_patch_size_is_the_models():
   method = static.StaticMixing(_vit_config("tlalign"), num_classes=10,
                                steps_per_epoch=5)
