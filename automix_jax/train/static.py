@@ -134,6 +134,19 @@ def check_feature_stages(config: Any, model: Any) -> None:
           f"`config.mixer.kwargs.{hp}` within 0..{last}.")
 
 
+def _smmix_loss(config: Any) -> dict | None:
+  """``config.loss.smmix`` checked (``losses.smmix_from_config``) and refused
+  with a mixer that marks no partner tokens after a clean pass."""
+  terms = losses.smmix_from_config(config.get("loss", None))
+  if terms is not None and "token_attention" not in model_needs(config):
+    raise ValueError(
+        "`config.loss.smmix.enabled=True` needs a mixer that marks the "
+        "partner's tokens (aux['token_mask']) after a clean pass (need "
+        "\"token_attention\": smmix, tokenmix); config.mixer.name is "
+        f"{config.mixer.name!r}.")
+  return terms
+
+
 # Mixer hyperparameters that are properties of the model (its patch size, so
 # that token-grid mixers cut whole tokens): bound from the model's attribute of
 # the same name when the config leaves them out (docs/interfaces.md).
@@ -365,6 +378,7 @@ class StaticMixing:
     per-device mixing / BatchNorm when it mixes features)."""
     _config_mixer(config)
     _check_model_needs(config)
+    _smmix_loss(config)
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -400,13 +414,7 @@ class StaticMixing:
     # DecoupleMix (config.loss.decouple; None = plain soft CE).
     self.decouple = losses.decouple_from_config(config.get("loss", None))
     # SMMix's fine-grained and consistency terms (config.loss.smmix).
-    self.smmix_loss = losses.smmix_from_config(config.get("loss", None))
-    if self.smmix_loss is not None and "token_attention" not in self.needs:
-      raise ValueError(
-          "`config.loss.smmix.enabled=True` needs a mixer that marks the "
-          "partner's tokens (aux['token_mask']) after a clean pass (need "
-          "\"token_attention\": smmix, tokenmix); config.mixer.name is "
-          f"{config.mixer.name!r}.")
+    self.smmix_loss = _smmix_loss(config)
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -447,7 +455,7 @@ class StaticMixing:
           variables, sample_images)
     except ValueError as e:  # Swin refuses return_attention=True.
       raise ValueError(f"mixer {name!r} (config.mixer.name) needs the model "
-                       f"output \"attention\": {e}") from None
+                       f"output 'attention': {e}") from None
     for key in self.model_outputs:
       models.require_output(out, key, needed_by=f"mixer {name!r} "
                             "(config.mixer.name)")

@@ -3,6 +3,8 @@ step's targets are the mixer's per-sample labels (relabelled from the same
 forward pass, or from a clean eval-mode pass's attention), a model without
 the attention they read is refused by name, and 8 devices == 1."""
 
+import importlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -193,6 +195,32 @@ def test_patch_size_is_the_models():
   with pytest.raises(ValueError, match="`config.mixer.kwargs.patch_size` = 8 "
                      "but model 'vit_tiny' has patch_size 4"):
     static.StaticMixing(c, num_classes=10, steps_per_epoch=5)
+
+
+@pytest.mark.parametrize("module,arg,refused", [
+    *[("vit_cpu", f"mixer={m}", None) for m in KWARGS],
+    *[("cifar100_deit", f"mixer={m}", None) for m in KWARGS],
+    ("cifar100_deit", "model=swin_t,mixer=smmix", None),
+    ("cifar100_deit", "model=swin_t,mixer=transmix", "'cls_attention'"),
+    ("cifar100_deit", "model=swin_t,mixer=tlalign", "'attention'")])
+def test_the_vit_configs_reach_the_mixers(module, arg, refused):
+  """Each mixer from the CPU ViT and the 224-px DeiT-S / Swin-T configs,
+  initialised abstractly (the model-output check included)."""
+  c = importlib.import_module(f"configs.{module}").get_config(arg)
+  c.lock()
+  method = static.StaticMixing(c, num_classes=10, steps_per_epoch=5)
+  size = c.data.image_size or 32
+  init = lambda: jax.eval_shape(method.init, jax.random.key(0),
+                                jax.ShapeDtypeStruct((1, size, size, 3),
+                                                     jnp.float32))
+  if refused:
+    with pytest.raises(ValueError, match=f"needs the model output {refused}"):
+      init()
+    return
+  init()
+  assert (method.smmix_loss is not None) == (c.mixer.name == "smmix")
+  if c.mixer.name in ("tlalign", "mixpro"):
+    assert method.mixer.keywords["patch_size"] == method.model.patch_size
 
 
 def test_relabel_mixers_refuse_per_device_mixing():
