@@ -454,8 +454,11 @@ class StaticMixing:
           functools.partial(self.model.apply, train=False, **kwargs),
           variables, sample_images)
     except ValueError as e:  # Swin refuses return_attention=True.
+      if not kwargs:
+        raise
       raise ValueError(f"mixer {name!r} (config.mixer.name) needs the model "
-                       f"output 'attention': {e}") from None
+                       "output 'attention' (a call with return_attention="
+                       f"True): {e}") from None
     for key in self.model_outputs:
       models.require_output(out, key, needed_by=f"mixer {name!r} "
                             "(config.mixer.name)")
