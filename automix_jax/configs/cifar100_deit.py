@@ -67,16 +67,8 @@ def get_config(arg=None):
   common.vit_optimizer(c, lr=1e-3, min_lr=1e-6, warmup_epochs=20,
                        warmup_ratio=1e-5, grad_clip_norm=5.0,
                        no_decay=no_decay)
-  c.mixer, c.switch = common.mixer_block(arg.mixer,
-                                         common.OPENMIXUP_VIT_MIXERS)
-  # SMMix with its authors' fine-grained and consistency terms.
-  c.loss.smmix.enabled = c.mixer.name == "smmix"
-  c.loss.decouple.enabled = arg.decouple
-  c.ema.enabled = arg.ema
-  c.ema.schedule = "constant"
-  c.ema.momentum = 0.99996
-  c.checkpoint.every_steps = 5000
-  c.checkpoint.keep = 3
+  common.static_vit_tail(c, mixer=arg.mixer, decouple=arg.decouple,
+                         ema=arg.ema)
   if arg.runlocal:
     common.shrink_for_local_run(c)
     c.data.image_size = 32

@@ -294,6 +294,41 @@ def cifar100_224(c: mlc.ConfigDict, *, randaugment: str,
   return c
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_224(c: mlc.ConfigDict, *, augment: str) -> mlc.ConfigDict:
+  """TFDS ``imagenet2012`` at 224 px: ``augment`` ("imagenet" | "deit")
+  RandomResizedCrop (bicubic), eval resize 256 + centre crop 224
+  (``crop_pct`` 0.875), ImageNet mean / std."""
+  c.data.name = "imagenet2012"
+  c.data.archive_path = ""
+  c.data.train_split, c.data.test_split = "train", "validation"
+  c.data.augment = augment
+  c.data.image_size = 224
+  c.data.resize_method = "bicubic"
+  c.data.crop_pct = 0.875
+  c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
+  return c
+
+
+def static_vit_tail(c: mlc.ConfigDict, *, mixer: str, decouple: bool,
+                    ema: bool) -> mlc.ConfigDict:
+  """The static ViT configs' mixers (``OPENMIXUP_VIT_MIXERS``; SMMix with
+  its authors' fine-grained and consistency terms, ``loss.smmix``),
+  DecoupleMix switch and optional EMA (DeiT's model EMA, constant 0.99996)."""
+  c.mixer, c.switch = mixer_block(mixer, OPENMIXUP_VIT_MIXERS)
+  c.loss.smmix.enabled = c.mixer.name == "smmix"
+  c.loss.decouple.enabled = decouple
+  c.ema.enabled = ema
+  c.ema.schedule = "constant"
+  c.ema.momentum = 0.99996
+  c.checkpoint.every_steps = 5000
+  c.checkpoint.keep = 3
+  return c
+
+
 def automix_ema(c: mlc.ConfigDict, *, enabled: bool = True) -> mlc.ConfigDict:
   """AutoMix/AdAutoMix's CosineScheduleHook: 0.999 held for 10 % of the
   iterations, then a cosine rise to 0.999999 (CIFAR / Tiny-ImageNet)."""

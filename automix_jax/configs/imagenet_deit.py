@@ -31,7 +31,6 @@ Run:
 """
 
 from automix_jax.configs import common
-from automix_jax.configs.adautomix import tiny_imagenet
 
 MODELS = {
     # name, drop path, warm-up epochs, grad clip, no-decay rule
@@ -57,30 +56,14 @@ def get_config(arg=None):
   c.report_last_epochs = 1
   c.model.name = name
   c.model.kwargs = {"drop_path_rate": drop_path}
-  c.data.name = "imagenet2012"
-  c.data.archive_path = ""
-  c.data.train_split, c.data.test_split = "train", "validation"
-  c.data.augment = "deit"
-  c.data.image_size = 224
-  c.data.resize_method = "bicubic"
-  c.data.crop_pct = 0.875
+  common.imagenet_224(c, augment="deit")
   c.data.randaugment = "rand-m9-mstd0.5-inc1"
   c.data.erasing_prob = 0.25
   c.data.erasing_mode = "pixel"
-  c.data.mean, c.data.std = tiny_imagenet.IMAGENET_MEAN, tiny_imagenet.IMAGENET_STD
   c.label_smoothing = 0.1
   lr = 5e-4 * c.batch_size / 512
   common.vit_optimizer(c, lr=lr, min_lr=1e-5, warmup_epochs=warmup,
                        warmup_ratio=1e-6 / lr, grad_clip_norm=clip,
                        no_decay=no_decay, by_epoch=arg.model != "swin_t")
-  c.mixer, c.switch = common.mixer_block(arg.mixer,
-                                         common.OPENMIXUP_VIT_MIXERS)
-  # SMMix with its authors' fine-grained and consistency terms.
-  c.loss.smmix.enabled = c.mixer.name == "smmix"
-  c.loss.decouple.enabled = arg.decouple
-  c.ema.enabled = arg.ema
-  c.ema.schedule = "constant"
-  c.ema.momentum = 0.99996
-  c.checkpoint.every_steps = 5000
-  c.checkpoint.keep = 3
-  return c
+  return common.static_vit_tail(c, mixer=arg.mixer, decouple=arg.decouple,
+                                ema=arg.ema)

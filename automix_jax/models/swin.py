@@ -147,19 +147,12 @@ class WindowAttention(nn.Module):
                       dtype=self.dtype, param_dtype=self.param_dtype)
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(vit.Block):
   """(Shifted-)window transformer block, ``[B, H, W, C] -> ([B, H, W, C],
   attention [B, nW, heads, M, M])``; the attention is in the rolled frame
-  when ``shift > 0``."""
-  num_heads: int
-  window: int
+  when ``shift > 0``. ViT's block fields plus the window side and shift."""
+  window: int = 7
   shift: int = 0
-  mlp_ratio: float = 4.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool):
@@ -276,8 +269,7 @@ class Swin(nn.Module):
 
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
-    _heads.check_positive_int(self.patch_size, "patch_size")
-    _heads.check_positive_int(self.embed_dim, "embed_dim")
+    vit.check_transformer_fields(self)
     _heads.check_positive_int(self.window_size, "window_size")
     for arg in ("depths", "num_heads"):
       value = getattr(self, arg)
@@ -290,10 +282,6 @@ class Swin(nn.Module):
       raise ValueError(
           f"`depths` and `num_heads` need one entry per stage; got "
           f"{self.depths!r} and {self.num_heads!r}.")
-    if not self.mlp_ratio > 0:
-      raise ValueError(f"`mlp_ratio` must be > 0; got {self.mlp_ratio!r}.")
-    for arg in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
-      _heads.check_rate(getattr(self, arg), arg)
     d = self.dim
     for s, nh in enumerate(self.num_heads):
       if (d * 2 ** s) % nh:
@@ -346,13 +334,9 @@ class Swin(nn.Module):
           "out['token_attention'] for a per-token importance.")
     self.check_config()
     grids = self.stage_grids(hh, ww)
-    d = self.dim
-    p = self.patch_size
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID",
-                kernel_init=nn.initializers.lecun_normal(), name="patch_embed",
-                **kw)(_heads.mix_features(feature_mix, 0,
-                                          images.astype(self.dtype)))
+    x = vit.patch_embed(images, dim=self.dim, patch_size=self.patch_size,
+                        feature_mix=feature_mix, **kw)
     x = nn.LayerNorm(epsilon=1e-5, name="patch_norm", **kw)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     stages = []
@@ -363,10 +347,11 @@ class Swin(nn.Module):
         x = PatchMerging(name=f"stage{s}_merge", **kw)(x)
       _, _, window, shift = grids[s]
       for j in range(depth):
-        x, attn = SwinBlock(nh, window, shift if j % 2 else 0,
-                            self.mlp_ratio, self.dropout_rate,
-                            self.attention_dropout_rate, float(rates[block]),
-                            name=f"stage{s}_block{j}", **kw)(x, train=train)
+        x, attn = SwinBlock(
+            nh, self.mlp_ratio, self.dropout_rate,
+            self.attention_dropout_rate, float(rates[block]),
+            window=window, shift=shift if j % 2 else 0,
+            name=f"stage{s}_block{j}", **kw)(x, train=train)
         block += 1
       x = _heads.mix_features(feature_mix, s + 1, x)
       stages.append(x)

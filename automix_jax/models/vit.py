@@ -71,6 +71,28 @@ def attend(x: Array, *, num_heads: int, attention_dropout_rate: float,
   return out, weights
 
 
+def check_transformer_fields(module: nn.Module) -> None:
+  """Checks the fields ViT and Swin share: sizes, ``mlp_ratio``, the rates."""
+  _heads.check_positive_int(module.patch_size, "patch_size")
+  _heads.check_positive_int(module.embed_dim, "embed_dim")
+  if not module.mlp_ratio > 0:
+    raise ValueError(f"`mlp_ratio` must be > 0; got {module.mlp_ratio!r}.")
+  for arg in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
+    _heads.check_rate(getattr(module, arg), arg)
+
+
+def patch_embed(images: Array, *, dim: int, patch_size: int,
+                feature_mix: Any, dtype: Dtype, param_dtype: Dtype) -> Array:
+  """``[B, H, W, C] -> [B, H/p, W/p, dim]``: ``feature_mix`` at stage 0, then
+  a conv with kernel = stride = p (timm's ``patch_embed.proj``; a submodule
+  ``patch_embed`` of the calling compact module)."""
+  p = patch_size
+  return nn.Conv(dim, (p, p), strides=(p, p), padding="VALID",
+                 kernel_init=nn.initializers.lecun_normal(),
+                 name="patch_embed", dtype=dtype, param_dtype=param_dtype)(
+                     _heads.mix_features(feature_mix, 0, images.astype(dtype)))
+
+
 class Attention(nn.Module):
   """Multi-head self-attention (``attend``) as a module: ``[B, N, D] ->
   ([B, N, D], [B, heads, N, N] float32)``."""
@@ -221,14 +243,9 @@ class ViT(nn.Module):
 
   def check_config(self) -> None:
     """Raises ``ValueError`` on invalid fields (no compute)."""
-    _heads.check_positive_int(self.patch_size, "patch_size")
-    _heads.check_positive_int(self.embed_dim, "embed_dim")
+    check_transformer_fields(self)
     depth = _heads.check_positive_int(self.depth, "depth")
     _heads.check_positive_int(self.num_heads, "num_heads")
-    if not self.mlp_ratio > 0:
-      raise ValueError(f"`mlp_ratio` must be > 0; got {self.mlp_ratio!r}.")
-    for arg in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
-      _heads.check_rate(getattr(self, arg), arg)
     sb = self.stage_blocks
     if sb is not None and (
         not isinstance(sb, (tuple, list)) or not sb or any(
@@ -271,11 +288,8 @@ class ViT(nn.Module):
           f"for {self.get_variable('params', 'pos_embed').shape[1] - 1} "
           f"patches; re-initialise for this image size.")
 
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID",
-                kernel_init=nn.initializers.lecun_normal(), name="patch_embed",
-                **kw)(_heads.mix_features(feature_mix, 0,
-                                          images.astype(self.dtype)))
-    x = x.reshape(b, h * w, d)
+    x = patch_embed(images, dim=d, patch_size=p, feature_mix=feature_mix,
+                    **kw).reshape(b, h * w, d)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d),
                      self.param_dtype)
     pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02),

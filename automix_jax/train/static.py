@@ -251,9 +251,9 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   """Train-mode forward: ``(out, new_batch_stats)``.
 
   ``model_kwargs`` go to ``model.apply`` (``feature_mix=fn`` of a model-aware
-  mixer, ``return_attention=True``). With ``groups > 1`` each must be a
-  Python bool (a static flag, passed to every group), None or an array with
-  the batch's leading dimension, split with it; a callable such as
+  mixer, ``return_attention=True`` of a ViT). With ``groups > 1`` each must be
+  None, a Python bool (passed to every slice as it is) or an array with the
+  batch's leading dimension, split with it; a callable such as
   ``feature_mix`` cannot be split and raises ``ValueError``.
 
   ``groups > 1``: the batch ``[B, ...]`` is split into ``groups`` contiguous
@@ -264,7 +264,7 @@ def train_apply(model: Any, variables: dict, images: jax.Array, *,
   cross-replica mean, equal to averaging every device's running statistics).
   Each slice gets its own dropout key. ``groups == 1`` is a plain apply.
   """
-  # Python bools (return_attention=True) are static flags, not batch data.
+  # Static switches (bools) go to every slice unsplit.
   flags = {k: v for k, v in model_kwargs.items() if isinstance(v, bool)}
   model_kwargs = {k: v for k, v in model_kwargs.items() if k not in flags}
 

@@ -150,7 +150,8 @@ def test_wrn_param_counts():
 
 
 def test_bf16_compute_float32_logits_and_params():
-  for name, size in (("cifar_resnet18", 32), ("vit_tiny", 32), ("wrn", 32)):
+  for name, size in (("cifar_resnet18", 32), ("vit_tiny", 32), ("wrn", 32),
+                     ("swin_tiny", 224)):
     variables, out = _abstract(name, size, dtype=jnp.bfloat16)
     assert all(p.dtype == jnp.float32
                for p in jax.tree.leaves(variables["params"]))

@@ -336,3 +336,18 @@ def test_swin_matches_timm_logits_stages_and_token_attention(depths,
       out["token_attention"],
       _swin_token_attention(last[0], 2, h, w, window, shift), rtol=1e-4,
       atol=1e-6)
+
+
+def test_train_apply_passes_return_attention_to_every_bn_group(tiny_vit):
+  """``train.static.train_apply`` with per-device BatchNorm groups: the
+  static ``return_attention`` flag reaches every slice."""
+  from automix_jax.train import static
+  model, variables = tiny_vit
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  run = jax.jit(lambda v, x, groups: static.train_apply(
+      model, v, x, rngs={}, groups=groups, return_attention=True)[0],
+                static_argnums=2)
+  one, two = run(variables, x, 1), run(variables, x, 2)
+  assert two["attention"].shape == (4, 2, 17, 17)
+  np.testing.assert_allclose(two["attention"], one["attention"], rtol=1e-5,
+                             atol=1e-7)

@@ -22,7 +22,6 @@ Args (``:k=v,...``): model (r18 | r50), epochs.
 
 from automix_jax.configs import common
 from automix_jax.configs.adautomix import cifar100
-from automix_jax.configs.adautomix import tiny_imagenet
 
 
 def get_config(arg=None):
@@ -32,13 +31,7 @@ def get_config(arg=None):
     raise ValueError(f"`model` must be one of {sorted(models)}; got {arg.model!r}.")
   c = cifar100.base(model=models[arg.model], epochs=arg.epochs)
   c.batch_size = 256
-  c.data.name = "imagenet2012"
-  c.data.train_split, c.data.test_split = "train", "validation"
-  c.data.augment = "imagenet"
-  c.data.image_size = 224
-  c.data.resize_method = "bicubic"
-  c.data.crop_pct = 0.875
-  c.data.mean, c.data.std = tiny_imagenet.IMAGENET_MEAN, tiny_imagenet.IMAGENET_STD
+  common.imagenet_224(c, augment="imagenet")
   c.optimizer.lr = 0.1
   c.optimizer.min_lr = 0.0
   c.ema.end_momentum = 0.99999

@@ -28,8 +28,7 @@ Args (``:k=v,...``): model (r18 | rx50), epochs.
 from automix_jax.configs import common
 from automix_jax.configs.adautomix import cifar100
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = common.IMAGENET_MEAN, common.IMAGENET_STD
 
 
 def get_config(arg=None):
