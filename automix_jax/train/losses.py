@@ -80,23 +80,28 @@ def check_decouple(*, eta: float, lam_scale: str, lam_thr: float,
   }
 
 
-def decouple_from_config(loss_config) -> dict | None:
-  """``config.loss.decouple`` -> the keyword arguments of
-  ``decoupled_regularizer``, or None when absent or ``enabled=False``."""
-  if loss_config is None:
-    return None
-  block = loss_config.get("decouple", None)
+def loss_block(loss_config, name: str, defaults: dict) -> dict | None:
+  """``config.loss.<name>`` over ``defaults`` (without ``enabled``), or None
+  when absent or ``enabled=False``; an unknown key raises ``ValueError``."""
+  block = None if loss_config is None else loss_config.get(name, None)
   if block is None:
     return None
   block = dict(block.to_dict() if hasattr(block, "to_dict") else block)
   if not block.pop("enabled", False):
     return None
-  unknown = sorted(set(block) - set(DECOUPLE_DEFAULTS))
+  unknown = sorted(set(block) - set(defaults))
   if unknown:
-    raise ValueError(f"`config.loss.decouple` has unknown key(s) {unknown}; "
-                     f"expected enabled and {sorted(DECOUPLE_DEFAULTS)}.")
-  return check_decouple(**{**DECOUPLE_DEFAULTS, **block},
-                        prefix="config.loss.decouple.")
+    raise ValueError(f"`config.loss.{name}` has unknown key(s) {unknown}; "
+                     f"expected enabled and {sorted(defaults)}.")
+  return {**defaults, **block}
+
+
+def decouple_from_config(loss_config) -> dict | None:
+  """``config.loss.decouple`` -> the keyword arguments of
+  ``decoupled_regularizer``, or None when absent or ``enabled=False``."""
+  block = loss_block(loss_config, "decouple", DECOUPLE_DEFAULTS)
+  return None if block is None else check_decouple(
+      **block, prefix="config.loss.decouple.")
 
 
 def unsmooth(targets: jax.Array, smoothing: float) -> jax.Array:
@@ -251,19 +256,10 @@ SMMIX_DEFAULTS = {"fine_weight": 0.5, "consistency_weight": 1.0}
 def smmix_from_config(loss_config) -> dict | None:
   """``config.loss.smmix`` -> ``{"fine_weight", "consistency_weight"}``, or
   None when absent or ``enabled=False``."""
-  block = None if loss_config is None else loss_config.get("smmix", None)
-  if block is None:
-    return None
-  block = dict(block.to_dict() if hasattr(block, "to_dict") else block)
-  if not block.pop("enabled", False):
-    return None
-  unknown = sorted(set(block) - set(SMMIX_DEFAULTS))
-  if unknown:
-    raise ValueError(f"`config.loss.smmix` has unknown key(s) {unknown}; "
-                     f"expected enabled and {sorted(SMMIX_DEFAULTS)}.")
-  block = {**SMMIX_DEFAULTS, **block}
-  return {k: _check_number(v, f"config.loss.smmix.{k}", low=0.0, high=100.0)
-          for k, v in block.items()}
+  block = loss_block(loss_config, "smmix", SMMIX_DEFAULTS)
+  return None if block is None else {
+      k: _check_number(v, f"config.loss.smmix.{k}", low=0.0, high=100.0)
+      for k, v in block.items()}
 
 
 def region_cross_entropy(tokens: jax.Array, token_mask: jax.Array,
