@@ -1,10 +1,15 @@
-"""Metric logging: JSONL writer, run summary, finiteness check, progress bar.
+"""Metric logging: JSONL + TensorBoard writer, run summary, finiteness check,
+progress bar.
 
 Only process 0 writes (`enabled` defaults to `jax.process_index() == 0`), as
-in big_vision. TensorBoard is not written: it would need `clu`
-(`metric_writers.create_default_writer`), which is not a dependency of this
-project; the JSONL file is the source of truth and `scripts/plot_run.py`
-draws the curves from it.
+in big_vision. One writer, `MetricWriter`, takes every scalar the trainer logs
+and writes it to `metrics.jsonl` (the source of truth, read by
+`scripts/plot_run.py`) and, with `tensorboard=True`, to a TensorBoard event
+file in the same directory (`<workdir>/events.out.tfevents.*`, through
+`tensorboardX`, which needs neither TensorFlow nor PyTorch: protobuf and numpy;
+it does import PyTorch where that is installed, ~1 s once, on process 0 only).
+View with `tensorboard --logdir <workdir or its parent>`. Images (the learned
+methods' mask grids) go to TensorBoard only (`MetricWriter.write_images`).
 
 File format of `<workdir>/metrics.jsonl` (shared with the training loop in
 `automix_jax/train/loop.py` and read by `scripts/plot_run.py`): one JSON object
@@ -34,12 +39,21 @@ stays one JSON object per line.
 `workdir` may be a local path or an `etils.epath` URL (`gs://...`); appending
 needs a backend that supports append mode.
 
+TensorBoard: every numeric value of a `write` call becomes a scalar of the
+same tag at the same step (strings are JSONL-only). Each writer opens a new
+event file; a resumed run passes `purge_step` (its first step), which tells
+TensorBoard to hide the events of the interrupted run at or after that step
+(TensorBoard's counterpart of "the last line of each step wins"). Events are
+written by tensorboardX's background thread and reach the disk at `close()`
+or every `TB_FLUSH_SECS` seconds; the JSONL line is flushed on every write.
+
 `<workdir>/summary.json` holds the final summary dict (written atomically by
 `MetricWriter.write_summary`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -52,11 +66,17 @@ import jax
 import numpy as np
 
 __all__ = ["MetricWriter", "check_finite", "ProgressBar", "Throughput",
-           "to_jsonable",
-           "METRICS_FILE", "SUMMARY_FILE"]
+           "figure_to_rgb", "to_jsonable",
+           "METRICS_FILE", "SUMMARY_FILE", "TB_EVENTS_GLOB"]
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+TB_EVENTS_GLOB = "events.out.tfevents.*"   # TensorBoard's file naming
+TB_FLUSH_SECS = 10
+# Events queued for the writer thread before `write` blocks (tensorboardX
+# default 10: a 20-scalar line waited for the disk, ~6 ms a line in a tight
+# loop here).
+TB_MAX_QUEUE = 1000
 
 
 def _is_chief() -> bool:
@@ -110,27 +130,51 @@ def _check_step(step) -> int:
 
 
 class MetricWriter:
-  """Appends `{"step": step, **scalars}` lines to `<workdir>/metrics.jsonl`.
+  """Appends `{"step": step, **scalars}` lines to `<workdir>/metrics.jsonl`
+  and, with `tensorboard`, the same scalars to a TensorBoard event file.
 
   Args:
     workdir: run directory (created if missing).
     enabled: write at all; defaults to `jax.process_index() == 0` so that
       only the chief process writes. A disabled writer accepts every call
-      and does nothing.
+      and does nothing (and opens no file).
+    tensorboard: also write `<workdir>/events.out.tfevents.*` (tensorboardX).
+    purge_step: with `tensorboard`, the step a resumed run restarts from:
+      TensorBoard hides the earlier event files' events at or after it.
   """
 
   def __init__(self, workdir: str | os.PathLike, *,
-               enabled: bool | None = None):
+               enabled: bool | None = None, tensorboard: bool = False,
+               purge_step: int | None = None):
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
       raise ValueError(f"workdir: expected a non-empty path, got {workdir!r}.")
+    if purge_step is not None:
+      purge_step = _check_step(purge_step)
     self.workdir = epath.Path(workdir)
     self.enabled = _is_chief() if enabled is None else bool(enabled)
     self.path = self.workdir / METRICS_FILE
     self._f = None
+    self._tb = None
+    # The event file is opened at the first write, so that a writer that
+    # writes nothing (a re-run of a finished run) leaves no empty file.
+    self.tensorboard = self.enabled and bool(tensorboard)
+    self._purge_step = purge_step
     if self.enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
       _drop_partial_last_line(self.path)
       self._f = self.path.open("a")
+      if self.tensorboard:
+        _import_tensorboardx()  # a missing package fails here, not mid-run
+
+  def _tb_writer(self):
+    if self._tb is None:
+      self._tb = _import_tensorboardx().SummaryWriter(
+          logdir=str(self.workdir), purge_step=self._purge_step,
+          flush_secs=TB_FLUSH_SECS, max_queue=TB_MAX_QUEUE,
+          # The file name has seconds and the host; this keeps two writers
+          # opened in one second (one process or several) apart.
+          filename_suffix=f".{os.getpid()}.{next(_WRITER_IDS)}")
+    return self._tb
 
   def __enter__(self) -> "MetricWriter":
     return self
@@ -161,6 +205,43 @@ class MetricWriter:
       raise RuntimeError(f"MetricWriter({self.path}) is closed.")
     self._f.write(json.dumps(line) + "\n")
     self._f.flush()
+    if self.tensorboard:
+      tb = self._tb_writer()
+      for k, v in line.items():
+        if k != "step" and isinstance(v, (int, float)):  # bools too
+          tb.add_scalar(k, float(v), step)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """Writes images to TensorBoard (they have no place in the JSONL file).
+
+    Does nothing without `tensorboard` (or when disabled); the input is
+    checked either way.
+
+    Args:
+      step: global step, int >= 0.
+      images: `{tag: [H, W, 3] or [H, W, 4] uint8}` (RGBA loses its alpha;
+        `figure_to_rgb` turns a matplotlib figure into one).
+    """
+    step = _check_step(step)
+    if not isinstance(images, Mapping):
+      raise ValueError(
+          f"images: expected a dict, got {type(images).__name__}.")
+    checked = {}
+    for k, v in images.items():
+      arr = np.asarray(v)
+      if (not isinstance(k, str) or arr.dtype != np.uint8 or arr.ndim != 3
+          or arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"images: {k!r} must be a uint8 [H, W, 3|4] array "
+                         f"under a string tag; got {arr.dtype} {arr.shape}.")
+      checked[k] = arr[..., :3]
+    if not self.enabled:
+      return
+    if self._f is None:
+      raise RuntimeError(f"MetricWriter({self.path}) is closed.")
+    if self.tensorboard:
+      tb = self._tb_writer()
+      for k, arr in checked.items():
+        tb.add_image(k, arr, step, dataformats="HWC")
 
   def write_summary(self, summary: Mapping[str, Any]) -> str | None:
     """Writes `<workdir>/summary.json` atomically (tmp file + rename).
@@ -189,10 +270,37 @@ class MetricWriter:
     return str(path)
 
   def close(self) -> None:
-    """Closes the file (idempotent)."""
+    """Closes the files (idempotent); TensorBoard events reach the disk."""
     if self._f is not None:
       self._f.close()
       self._f = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    self.tensorboard = False
+
+
+_WRITER_IDS = itertools.count()
+
+
+def _import_tensorboardx():
+  """The tensorboardX module, imported only where TensorBoard is written."""
+  try:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        "config.tensorboard=True needs tensorboardX (in the `train` extra: "
+        "pip install 'automix-jax[train]'); or pass "
+        "--config.tensorboard=False.") from e
+  return tensorboardX
+
+
+def figure_to_rgb(fig) -> np.ndarray:
+  """A matplotlib figure rendered with Agg as uint8 `[H, W, 3]`."""
+  from matplotlib.backends import backend_agg  # pylint: disable=import-outside-toplevel
+  canvas = backend_agg.FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _drop_partial_last_line(path: epath.Path) -> None:

@@ -2,10 +2,12 @@
 
     python -m experiments.gallery [--archive PATH] [--out results/gallery.png]
 
-Row 0 holds the clean images; every further row is one mixer applied to the same
-batch (each sample's partner is the next image, ``partner="roll"``), with the weight
-of the sample's own label printed under each tile. Mask mixers get a second row
-showing the own-image mask (white = own image).
+Row 0 holds the clean images, one class per column (named above each); every
+further row is one mixer applied to the same batch (each sample's partner is
+the next image, ``partner="roll"``), with the weight of the sample's own label
+printed under each tile. Mask mixers get a second row with the own-image mask
+in grey scale: white = the sample's own image (weight 1), black = its partner
+(weight 0), as the colour bar says.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
 
 from automix_jax import mixers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-TILE, SCALE, LABEL_W, TEXT_H = 32, 3, 150, 14
+TILE_INCHES, LABEL_INCHES = 0.9, 1.2
+MASK_LABEL = ("own-image weight\n(white: the sample's own image,\n"
+              "black: its partner)")
 
 
 def _hyperparameters(name: str, images: jax.Array) -> dict:
@@ -45,20 +48,18 @@ def _hyperparameters(name: str, images: jax.Array) -> dict:
   return {**common, "alpha": 1.0}
 
 
-def _to_tile(img: np.ndarray) -> Image.Image:
-  img = np.clip(np.asarray(img, np.float32), 0, 1)
-  if img.shape[-1] == 1:
-    img = np.repeat(img, 3, axis=-1)
-  pil = Image.fromarray((img * 255).round().astype(np.uint8))
-  return pil.resize((TILE * SCALE, TILE * SCALE), Image.NEAREST)
+def build_gallery(images: np.ndarray, seed: int = 0, *,
+                  class_names=None):
+  """images: [B, H, W, 3] float in [0, 1] (32 px for attentivemix's cells)
+  -> a matplotlib Figure (one row per mixer, a colour bar for the masks).
 
-
-def build_gallery(images: np.ndarray, seed: int = 0) -> Image.Image:
-  """images: [B, 32, 32, 3] float in [0, 1] -> a PIL gallery image."""
+  ``class_names`` (optional, one per image) title the clean row's columns.
+  """
+  from matplotlib import figure as mpl_figure  # pylint: disable=import-outside-toplevel
   x = jnp.asarray(images, jnp.float32)
   b = x.shape[0]
   labels = mixers.one_hot(jnp.arange(b) % 10, 10)
-  rows = [("clean", [_to_tile(im) for im in images], [""] * b)]
+  rows = [("clean", np.asarray(images), None, False)]
   key = jax.random.key(seed)
   for i, name in enumerate(n for n in mixers.names()
                            if n != "none" and not mixers.needs(n)):
@@ -70,23 +71,40 @@ def build_gallery(images: np.ndarray, seed: int = 0) -> Image.Image:
       continue
     lam = np.asarray(aux["lam"])
     own = lam[:, 0] if lam.ndim == 2 else lam
-    rows.append((name, [_to_tile(im) for im in np.asarray(mixed)],
-                 [f"lam={v:.2f}" for v in own]))
+    rows.append((name, np.asarray(mixed), [f"λ={v:.2f}" for v in own], False))
     if "mask" in aux:
-      rows.append((f"{name} mask", [_to_tile(m) for m in np.asarray(aux["mask"])],
-                   [""] * b))
-  side = TILE * SCALE
-  canvas = Image.new("RGB", (LABEL_W + b * (side + 4), len(rows) * (side + TEXT_H + 4)),
-                     "white")
-  draw = ImageDraw.Draw(canvas)
-  for r, (name, tiles, captions) in enumerate(rows):
-    y = r * (side + TEXT_H + 4)
-    draw.text((4, y + side // 2), name, fill="black")
-    for c, (tile, cap) in enumerate(zip(tiles, captions)):
-      x0 = LABEL_W + c * (side + 4)
-      canvas.paste(tile, (x0, y))
-      draw.text((x0 + 2, y + side + 1), cap, fill="black")
-  return canvas
+      rows.append((f"{name} mask", np.asarray(aux["mask"])[..., 0], None,
+                   True))
+  fig = mpl_figure.Figure(
+      figsize=(LABEL_INCHES + TILE_INCHES * (b + 1.2),
+               TILE_INCHES * 1.25 * len(rows) + 0.6), dpi=100,
+      layout="constrained")
+  axes = fig.subplots(len(rows), b, squeeze=False)
+  mask_im = None
+  for r, (name, tiles, captions, is_mask) in enumerate(rows):
+    for c in range(b):
+      ax = axes[r, c]
+      if is_mask:
+        mask_im = ax.imshow(tiles[c], cmap="gray", vmin=0.0, vmax=1.0)
+      else:
+        ax.imshow(np.clip(tiles[c], 0.0, 1.0))
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if captions is not None:
+        ax.set_xlabel(captions[c], fontsize=6, labelpad=1)
+    axes[r, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right",
+                          va="center")
+  if class_names is not None:
+    for c in range(b):
+      axes[0, c].set_title(str(class_names[c]), fontsize=7)
+  if mask_im is not None:
+    cbar = fig.colorbar(mask_im, ax=list(axes.ravel()), location="right",
+                        shrink=0.25, aspect=20)
+    cbar.set_label(MASK_LABEL, fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
+  fig.suptitle("mixers on CIFAR-10 (partner = the next column's image); "
+               "λ = weight of the sample's own label", fontsize=8)
+  return fig
 
 
 def main(argv=None) -> int:
@@ -101,23 +119,24 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
-  from automix_jax.data import offline  # heavier import, only for the demo
+  from automix_jax import data  # heavier import, only for the demo
   if not pathlib.Path(args.archive).is_file():
     parser.error(f"--archive: no CIFAR-10 archive at {args.archive} (expected "
                  "the cifar10-jpeg.tar.gz described in ../shared/data/README.md;"
                  " set --archive or AUTOMIX_CIFAR10_ARCHIVE).")
-  arrays = offline.load_cifar10_archive(args.archive,
-                                        cache_dir=args.cache_dir or None)
+  arrays = data.load_cifar10_archive(args.archive,
+                                     cache_dir=args.cache_dir or None)
   x_test, y_test = arrays["test"]
   # One image of each class in turn, so every tile pairs two different classes.
-  picks = [int(np.flatnonzero(y_test == c % 10)[c // 10])
-           for c in range(args.num_images)]
+  picks = data.distinct_class_indices(y_test, args.num_images)
   images = x_test[picks].astype(np.float32) / 255.0
-  gallery = build_gallery(images, seed=args.seed)
+  gallery = build_gallery(
+      images, seed=args.seed,
+      class_names=[data.CIFAR10_CLASSES[y] for y in y_test[picks]])
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  gallery.save(out)
-  print(f"wrote {out} ({gallery.size[0]}x{gallery.size[1]})")
+  gallery.savefig(out)
+  print(f"wrote {out}")
   return 0
 
 

@@ -4,12 +4,12 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --widths 0.25 --steps 20 --no-torch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
-For every method (vanilla, MixUp, CutMix, AutoMix, AdAutoMix and the model-aware
-ManifoldMix, AlignMix, SnapMix; on the CPU ViT the vanilla and DeiT steps and
-TransMix, TokenMix, SMMix, MixPro, TL-Align) the script builds the real training
-method from its config file (CIFAR-100 ResNet-18 recipe, or configs/vit_cpu.py
-for the ViT rows: batch 100, 32x32x3, 100 classes) at each requested width,
-jits ``train_step`` exactly as the
+For every method (vanilla, MixUp, CutMix, CutMix+SUMix, AutoMix, AdAutoMix, SAMix and the
+model-aware PuzzleMix, Co-Mixup, ManifoldMix, AlignMix, SnapMix, GuidedMixup; on the CPU
+ViT the vanilla and DeiT steps and TransMix, TokenMix, SMMix, MixPro, TL-Align) the
+script builds the real training method from its config file (CIFAR-100 ResNet-18
+recipe, or configs/vit_cpu.py for the ViT rows: batch 100, 32x32x3, 100 classes) at
+each requested width, jits ``train_step`` exactly as the
 trainer does (state replicated, batch sharded on the "data" mesh axis,
 ``donate_argnums=0``), reports compile time separately and the median time of the
 timed steps after warm-up, and the ratio to the vanilla step measured in the same
@@ -44,13 +44,23 @@ METHODS = {
     "vanilla": ("configs/cifar100_resnet18.py", "mixer=vanilla", "vanilla"),
     "mixup": ("configs/cifar100_resnet18.py", "mixer=mixup", "mixup"),
     "cutmix": ("configs/cifar100_resnet18.py", "mixer=cutmix", None),
+    # SUMix (config.label_mix): a second, differentiated clean forward.
+    "cutmix+sumix": ("configs/cifar100_resnet18.py",
+                     "mixer=cutmix,label_mix=sumix", None),
+    # Model-aware: an eval-mode forward + backward for the saliency, then the
+    # jitted MRF labelling (and transport) inside the step.
+    "puzzlemix": ("configs/cifar100_resnet18.py", "mixer=puzzlemix", None),
+    "comixup": ("configs/cifar100_resnet18.py", "mixer=comixup", None),
     "automix": ("configs/automix/cifar100.py", "", None),
     "adautomix": ("configs/adautomix/cifar100.py", "", "adautomix"),
+    "samix": ("configs/samix/cifar100.py", "", None),
     # Model-aware (docs/interfaces.md): feature mixing in the one forward;
     # SnapMix adds a clean forward for the CAM.
     "manifoldmix": ("configs/cifar100_resnet18.py", "mixer=manifoldmix", None),
     "alignmix": ("configs/cifar100_resnet18.py", "mixer=alignmix", None),
     "snapmix": ("configs/cifar100_resnet18.py", "mixer=snapmix", None),
+    # GuidedMixup: an input-gradient pass (forward + backward) for the saliency.
+    "guidedmixup": ("configs/cifar100_resnet18.py", "mixer=guidedmixup", None),
     # Vision-transformer mixers on the CPU ViT (vit_tiny: patch 4, an 8x8
     # token grid at 32 px; width 1 = 64-d), against the vanilla ViT step.
     # TokenMix and SMMix add a clean eval-mode pass for the attention;

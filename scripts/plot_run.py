@@ -5,7 +5,10 @@
 
 Three panels: train loss vs step, test top-1 of every eval variant vs epoch,
 learning rate vs step; one line per run (per variant in the middle panel),
-labelled by the run directory's name. The file format is documented in
+labelled by the run directory's name. The loss is the classifier's: for the
+learned methods (AutoMix, AdAutoMix) `"train/loss_classifier"`, not their
+`"train/loss"`, which adds the generator's loss. A series of one point is
+drawn as a marker. The file format is documented in
 `automix_jax/metrics.py`: train lines carry `"train/loss"` and `"train/lr"`,
 eval lines `"epoch"` and `"eval/<variant>/top1"` (`"test/<variant>/top1"` is
 accepted too). When a resumed run logged a step twice the last line wins.
@@ -84,8 +87,31 @@ def _series(entries, xkey, ykey):
   return xs, ys
 
 
-def plot_runs(run_dirs: list[str], out: str) -> str:
-  """Draws the three panels for `run_dirs` into the PNG `out`; returns it."""
+# The learned methods (AutoMix, AdAutoMix) log `train/loss` as the sum of the
+# classifier's and the generator's losses, the quantity their one backward
+# pass differentiates; the classifier's own loss is `train/loss_classifier`.
+# The loss panel shows the classifier loss wherever a run logged it.
+LOSS_KEYS = ("train/loss_classifier", "train/loss")
+
+
+def train_loss_key(entries) -> str | None:
+  """The key the loss panel plots for one run (see ``LOSS_KEYS``)."""
+  for key in LOSS_KEYS:
+    if any(key in e for e in entries):
+      return key
+  return None
+
+
+def plot_series(ax, xs, ys, **kwargs):
+  """``ax.plot`` that keeps a one-point series visible (a line of one point
+  draws nothing): such a series gets a round marker."""
+  if len(xs) == 1:
+    kwargs.update(marker="o", ms=max(kwargs.get("ms", 0), 5))
+  return ax.plot(xs, ys, **kwargs)
+
+
+def make_figure(run_dirs: list[str]):
+  """The three panels for ``run_dirs``: a matplotlib Figure."""
   runs = {}
   for d in run_dirs:
     name = os.path.basename(os.path.normpath(d)) or d
@@ -94,31 +120,44 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
     runs[name] = load_metrics(d)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
   ax_loss, ax_top1, ax_lr = axes
+  learned = False
   for name, entries in runs.items():
-    xs, ys = _series(entries, "step", "train/loss")
+    key = train_loss_key(entries)
+    xs, ys = _series(entries, "step", key) if key else ([], [])
     if xs:
-      ax_loss.plot(xs, ys, label=name, lw=1)
+      learned |= key != "train/loss"
+      label = name if key == "train/loss" else f"{name} (classifier loss)"
+      plot_series(ax_loss, xs, ys, label=label, lw=1)
     xs, ys = _series(entries, "step", "train/lr")
     if xs:
-      ax_lr.plot(xs, ys, label=name, lw=1)
+      plot_series(ax_lr, xs, ys, label=name, lw=1)
     variants = sorted({m.group(1) for e in entries for k in e
                        if (m := _TOP1.match(k))})
     for v in variants:
       for prefix in ("eval", "test"):
         xs, ys = _series(entries, "epoch", f"{prefix}/{v}/top1")
         if xs:
-          ax_top1.plot(xs, ys, label=f"{name}: {v}", lw=1, marker=".", ms=3)
+          plot_series(ax_top1, xs, ys, label=f"{name}: {v}", lw=1, marker=".",
+                      ms=3)
+  loss_title = ("train loss (learned methods: the classifier's, without the "
+                "generator's)" if learned else "train loss")
   for ax, title, xlabel, ylabel in (
-      (ax_loss, "train loss", "step", "loss"),
+      (ax_loss, loss_title, "step", "loss"),
       (ax_top1, "test top-1", "epoch", "top-1 (%)"),
       (ax_lr, "learning rate", "step", "lr")):
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
   fig.tight_layout()
+  return fig
+
+
+def plot_runs(run_dirs: list[str], out: str) -> str:
+  """Draws the three panels for `run_dirs` into the PNG `out`; returns it."""
+  fig = make_figure(run_dirs)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110)
   plt.close(fig)

@@ -23,6 +23,19 @@ Reads every ``RUN_ROOT/<method>_seed<k>/summary.json`` (as written by
   seeds of one method (``scripts/plot_run.py``, from ``metrics.jsonl``) and
   ``<curves-dir>/overall_seed<k>.png``, the test top-1 of every method's lowest
   seed per epoch (from ``summary.json``).
+* learned masks over training: for every run whose ``metrics.jsonl`` has the
+  learned methods' ``train/mask_*`` statistics (``generators.mask_statistics``
+  of the generator's own sample, logged every log step),
+  ``<curves-dir>/<method>_masks.png`` (one line per seed) and a table with a
+  verdict per run, by the threshold rule of ``mask_verdict``: *saturated* when
+  more than half of the mask pixels are within 0.01 of 0 or 1
+  (``mask_saturated_frac`` > 0.5), *collapsed to whole-image picks* when more
+  than half of the samples take over 90 % of the image from one source
+  (``mask_whole_image_frac`` > 0.5), both as means over the last 10 % of the
+  logged steps; *generator gradient vanished* when the generator's gradient
+  norm over that window is below 1 % of its mean over the first 10 %.
+* time: train seconds per epoch and seconds per evaluation of every run (from
+  ``summary.json``'s ``train_time_s``, ``eval_time_s``, ``eval_seconds``).
 
 The output depends only on the inputs (no dates, sorted iteration): running it
 twice on the same runs gives the same markdown. ``--command`` sets the command
@@ -48,12 +61,14 @@ ONLINE_VARIANT = "online_one"
 
 # Display order and names of the methods this repository trains; other method
 # directory names sort after these, alphabetically.
-LEARNED = ("automix", "adautomix")  # report their EMA teacher, as the paper
+# The learned methods report their EMA teacher, as the papers do.
+LEARNED = ("automix", "samix", "adautomix")
 METHOD_ORDER = ("vanilla", "mixup", "cutmix", "fmix", "resizemix", "automix",
-                "adautomix")
+                "samix", "adautomix")
 DISPLAY = {"vanilla": "Vanilla", "mixup": "MixUp", "cutmix": "CutMix",
            "fmix": "FMix", "resizemix": "ResizeMix", "automix": "AutoMix",
-           "adautomix": "AdAutoMix", "saliencymix": "SaliencyMix",
+           "samix": "SAMix", "adautomix": "AdAutoMix",
+           "saliencymix": "SaliencyMix",
            "gridmix": "GridMix", "smoothmix": "SmoothMix",
            "maskmix": "MaskMix"}
 
@@ -80,6 +95,15 @@ PAPER_SOURCE = ("CIFAR-100, CIFAR ResNet-18, top-1 % (median of the last 10 "
 
 
 DEFAULT_TITLE = "CPU-scale reproduction: mixing methods, several seeds"
+
+# Learned-mask statistics logged by AutoMix / AdAutoMix every log step
+# (automix_jax.train._learned.mask_metrics) and the verdict thresholds.
+MASK_STATS = ("mask_saturated_frac", "mask_whole_image_frac",
+              "mask_spatial_std", "mask_dominance", "mask_area_lam_gap",
+              "grad_norm_generator")
+SATURATED_ABOVE = 0.5      # mean mask_saturated_frac over the last 10 %
+WHOLE_IMAGE_ABOVE = 0.5    # mean mask_whole_image_frac over the last 10 %
+GRAD_VANISHED_BELOW = 0.01  # last-10 % / first-10 % generator gradient norm
 
 
 class NoRunsError(FileNotFoundError):
@@ -151,6 +175,9 @@ def load_run(run_dir: str) -> dict:
   last = history[-1]["variants"]
   cfg = s.get("config") or {}
   last_epoch = int(history[-1]["epoch"])
+  has_metrics = os.path.isfile(os.path.join(run_dir, METRICS_FILE))
+  timed = s.get("eval_seconds")  # this invocation's evaluations
+  n_evals = len(timed) if timed is not None else len(history)
   return {
       "dir": run_dir, "name": name, "method": m.group("method"),
       "seed": int(m.group("seed")),
@@ -169,8 +196,73 @@ def load_run(run_dir: str) -> dict:
       "reported_top1": s.get("reported_top1"),
       "history": history,
       "config": cfg,
-      "has_metrics": os.path.isfile(os.path.join(run_dir, METRICS_FILE)),
+      "has_metrics": has_metrics,
+      "train_s_per_epoch": s.get("train_seconds_per_epoch") or (
+          s["train_time_s"] / s["epochs"]
+          if s.get("train_time_s") and s.get("epochs") else None),
+      "eval_s_per_eval": (s["eval_time_s"] / n_evals
+                          if s.get("eval_time_s") and n_evals else None),
+      "num_evals": len(history),
+      "masks": mask_series(run_dir) if has_metrics else {},
   }
+
+
+# ---------------------------------------------------------------------------
+# Learned masks over training.
+# ---------------------------------------------------------------------------
+
+
+def mask_series(run_dir: str) -> dict[str, tuple[list, list]]:
+  """``{stat: (steps, values)}`` of the ``train/<stat>`` in ``MASK_STATS``
+  found in ``run_dir/metrics.jsonl`` (empty for runs that log none)."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import plot_run  # pylint: disable=g-import-not-at-top
+  entries = plot_run.load_metrics(run_dir)
+  if not any(f"train/{MASK_STATS[0]}" in e for e in entries):
+    return {}
+  out = {}
+  for stat in MASK_STATS:
+    pts = [(e["step"], e[f"train/{stat}"]) for e in entries
+           if e.get(f"train/{stat}") is not None]
+    if pts:
+      out[stat] = ([x for x, _ in pts], [y for _, y in pts])
+  return out
+
+
+def _window_mean(values: Sequence[float], first: bool) -> float:
+  k = last_fraction_window(len(values))
+  part = values[:k] if first else values[-k:]
+  return sum(part) / len(part)
+
+
+def mask_verdict(series: dict[str, tuple[list, list]]) -> dict | None:
+  """Last-10 % means, peaks and the threshold verdict of one run's masks.
+
+  Rule (module docstring): saturated if the mean ``mask_saturated_frac`` over
+  the last 10 % of the logged steps (at least one) exceeds
+  ``SATURATED_ABOVE``; collapsed to whole-image picks if the mean
+  ``mask_whole_image_frac`` there exceeds ``WHOLE_IMAGE_ABOVE``; generator
+  gradient vanished if its norm's mean there is below ``GRAD_VANISHED_BELOW``
+  times its mean over the first 10 %. None without mask statistics.
+  """
+  if "mask_saturated_frac" not in series:
+    return None
+  last = {k: _window_mean(v[1], first=False) for k, v in series.items()}
+  peak = {k: max(v[1]) for k, v in series.items()}
+  grad_ratio = None
+  if "grad_norm_generator" in series:
+    first = _window_mean(series["grad_norm_generator"][1], first=True)
+    grad_ratio = (last["grad_norm_generator"] / first if first > 0
+                  else float("nan"))
+  flags = []
+  if last["mask_saturated_frac"] > SATURATED_ABOVE:
+    flags.append("saturated")
+  if last.get("mask_whole_image_frac", 0.0) > WHOLE_IMAGE_ABOVE:
+    flags.append("collapsed to whole-image picks")
+  if grad_ratio is not None and grad_ratio < GRAD_VANISHED_BELOW:
+    flags.append("generator gradient vanished")
+  return {"last": last, "peak": peak, "grad_ratio": grad_ratio,
+          "flags": flags, "steps": len(series["mask_saturated_frac"][0])}
 
 
 def method_sort_key(method: str) -> tuple:
@@ -513,6 +605,61 @@ def ranked_view(methods: list[dict], variant_of, title: str, intro: str
   return L
 
 
+def mask_section(runs: list[dict], curves: dict[str, str] | None
+                 ) -> list[str]:
+  """The learned-mask table and verdicts (nothing if no run logs masks)."""
+  rows = [(r, mask_verdict(r["masks"])) for r in runs]
+  rows = [(r, v) for r, v in rows if v is not None]
+  learned_without = [r["name"] for r in runs
+                     if r["method"] in LEARNED and not r["masks"]]
+  if not rows and not learned_without:
+    return []
+  L = ["## Learned masks during training", ""]
+  L += ["Statistics of the generator's own mixed sample, logged every log "
+        "step (`train/mask_*`). Columns: mean over the last 10 % of the "
+        "logged steps (peak over the run in parentheses). Verdict rule: "
+        f"**saturated** if the saturated fraction (pixels whose weights are "
+        f"all within 0.01 of 0 or 1) exceeds {SATURATED_ABOVE:g}; **collapsed "
+        f"to whole-image picks** if the fraction of samples where one source "
+        f"covers over 90 % of the image exceeds {WHOLE_IMAGE_ABOVE:g}; "
+        f"**generator gradient vanished** if the generator's gradient norm "
+        f"fell below {GRAD_VANISHED_BELOW:g} of its first-10 % mean. A "
+        "saturated mask is not wrong in itself (a hard cut is saturated); "
+        "with a vanished generator gradient it means the generator stopped "
+        "learning.", ""]
+  if rows:
+    L += ["| run | saturated frac | whole-image frac | spatial std | "
+          "dominance | area-λ gap | generator grad norm (x its first-10 % "
+          "mean) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r, v in rows:
+      last, peak = v["last"], v["peak"]
+      cell = lambda k: (f"{last[k]:.3f} ({peak[k]:.3f})" if k in last
+                        else "n/a")
+      ratio = ("n/a" if v["grad_ratio"] is None else
+               f"{last['grad_norm_generator']:.3g} ({v['grad_ratio']:.3g}x)")
+      L.append(f"| {r['name']} | {cell('mask_saturated_frac')} | "
+               f"{cell('mask_whole_image_frac')} | "
+               f"{cell('mask_spatial_std')} | {cell('mask_dominance')} | "
+               f"{cell('mask_area_lam_gap')} | {ratio} | "
+               f"{', '.join(v['flags']) or 'none of these'} |")
+    L.append("")
+    flagged = [f"{r['name']} ({', '.join(v['flags'])})" for r, v in rows
+               if v["flags"]]
+    L.append("By this rule: " + ("; ".join(flagged) + "." if flagged else
+             "no run saturated, collapsed to whole-image picks or lost its "
+             "generator gradient."))
+    L.append("")
+  if learned_without:
+    L += ["No mask statistics in the metrics of: "
+          + ", ".join(learned_without) + " (no `metrics.jsonl`, or a run "
+          "from before `train/mask_*` was logged).", ""]
+  if curves:
+    masks = [k for k in curves if k.endswith("mask statistics")]
+    if masks:
+      L += ["Mask statistics over steps: see Curves below.", ""]
+  return L
+
+
 def render(runs: list[dict], *, run_root: str, command: str,
            paper_table: bool, curves: dict[str, str] | None,
            out_path: str, title: str = "") -> str:
@@ -569,8 +716,9 @@ def render(runs: list[dict], *, run_root: str, command: str,
 
   L += ["## Runs", ""]
   L += ["| run | epochs | window | EMA top-1 | online top-1 | final EMA / "
-        "online | summary's reported_top1 | wall time (min) | images/s |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "online | summary's reported_top1 | wall time (min) | images/s | "
+        "train s/epoch | evaluations | s/evaluation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in runs:
     rep = (f"{_f(r['reported_top1'])} ({r['reported_variant']})"
            if r["reported_top1"] is not None else "n/a")
@@ -579,8 +727,15 @@ def render(runs: list[dict], *, run_root: str, command: str,
         f" | {r['window']} | {_f(r['ema'])} | {_f(r['online'])} | "
         f"{_f(r['final_ema'])} / {_f(r['final_online'])} | {rep} | "
         f"{_f(r['wall_time_s'] / 60, 1) if r['wall_time_s'] else 'n/a'} | "
-        f"{_f(r['images_per_s'], 0) if r['images_per_s'] else 'n/a'} |")
+        f"{_f(r['images_per_s'], 0) if r['images_per_s'] else 'n/a'} | "
+        f"{_f(r['train_s_per_epoch'], 1)} | {r['num_evals']} | "
+        f"{_f(r['eval_s_per_eval'], 1)} |")
+  L += ["", "Train s/epoch excludes evaluation; s/evaluation averages every "
+        "evaluation of the run's last invocation (the first one compiles the "
+        "eval programs), all variants of the method included."]
   L.append("")
+
+  L += mask_section(runs, curves)
 
   L += ["## Against the paper's ranking", ""]
   L += [f"Paper: {PAPER_SOURCE}.", ""]
@@ -672,40 +827,88 @@ def render(runs: list[dict], *, run_root: str, command: str,
 # ---------------------------------------------------------------------------
 
 
-def plot_overall(runs: list[dict], out: str) -> str:
+def _plot_run():
+  """scripts/plot_run.py (curves from metrics.jsonl), beside this script."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.insert(0, here)
+  import plot_run  # pylint: disable=g-import-not-at-top
+  return plot_run
+
+
+def overall_figure(runs: list[dict]):
   """Test top-1 per epoch of each given run (EMA, else online; and online)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plot_run = _plot_run()
+  plt = plot_run.plt
   fig, (ax_r, ax_o) = plt.subplots(1, 2, figsize=(13, 4.5))
   for r in runs:
     ep = [h["epoch"] for h in r["history"]]
     var = EMA_VARIANT if r["has_ema"] else ONLINE_VARIANT
     ys = [h["variants"].get(var, {}).get("top1") for h in r["history"]]
-    ax_r.plot(ep, ys, marker=".", ms=3, lw=1,
-              label=display(r["method"]) + ("" if r["has_ema"] else " †"))
+    plot_run.plot_series(
+        ax_r, ep, ys, marker=".", ms=3, lw=1,
+        label=display(r["method"]) + ("" if r["has_ema"] else " †"))
     ys = [h["variants"].get(ONLINE_VARIANT, {}).get("top1")
           for h in r["history"]]
-    ax_o.plot(ep, ys, marker=".", ms=3, lw=1, label=display(r["method"]))
+    plot_run.plot_series(ax_o, ep, ys, marker=".", ms=3, lw=1,
+                         label=display(r["method"]))
   ax_r.set_title("test top-1, EMA teacher († online: no EMA)")
   ax_o.set_title("test top-1, online model")
   for ax in (ax_r, ax_o):
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 (%)")
+  return _finish_figure(fig, (ax_r, ax_o))
+
+
+def _finish_figure(fig, axes):
+  """Grid and legend on ``axes``; returns ``fig``."""
+  for ax in axes:
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
   fig.tight_layout()
+  return fig
+
+
+def _save_figure(plt, fig, out: str) -> str:
+  """``fig`` to the PNG ``out`` (closed); returns ``out``."""
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110, metadata={"Software": None})
   plt.close(fig)
   return out
 
 
+def plot_overall(runs: list[dict], out: str) -> str:
+  """Writes ``overall_figure(runs)`` to the PNG ``out``; returns it."""
+  return _save_figure(_plot_run().plt, overall_figure(runs), out)
+
+
+def plot_masks(runs: list[dict], out: str) -> str:
+  """The ``MASK_STATS`` of ``runs`` (one line each) over training steps."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+  thresholds = {"mask_saturated_frac": SATURATED_ABOVE,
+                "mask_whole_image_frac": WHOLE_IMAGE_ABOVE}
+  for ax, stat in zip(axes.flat, MASK_STATS):
+    for r in runs:
+      if stat in r["masks"]:
+        xs, ys = r["masks"][stat]
+        ax.plot(xs, ys, lw=1, label=r["name"])
+    if stat in thresholds:
+      ax.axhline(thresholds[stat], color="k", ls=":", lw=1,
+                 label="verdict threshold")
+    if stat == "grad_norm_generator":
+      ax.set_yscale("log")
+    ax.set_title(stat)
+    ax.set_xlabel("step")
+  return _save_figure(plt, _finish_figure(fig, axes.flat), out)
+
+
 def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
   """One PNG per method (its seeds) + one overall PNG of the lowest seed."""
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import plot_run  # pylint: disable=g-import-not-at-top
+  plot_run = _plot_run()
   out: dict[str, str] = {}
   by_method: dict[str, list[dict]] = {}
   for r in runs:
@@ -718,6 +921,13 @@ def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
     plot_run.plot_runs(dirs, path)
     out[f"{display(method)}, seeds "
         f"{','.join(str(r['seed']) for r in by_method[method] if r['has_metrics'])}"] = path
+    with_masks = [r for r in by_method[method] if r["masks"]]
+    if with_masks:
+      path = os.path.join(curves_dir, f"{method}_masks.png")
+      plot_masks(with_masks, path)
+      out[f"{display(method)}, seeds "
+          f"{','.join(str(r['seed']) for r in with_masks)}, mask "
+          "statistics"] = path
   seed0 = min(r["seed"] for r in runs)
   first = [r for r in runs if r["seed"] == seed0]
   path = os.path.join(curves_dir, f"overall_seed{seed0}.png")

@@ -55,19 +55,22 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
-  if config.method not in ("automix", "adautomix"):
-    raise ValueError(f"`config` must be an AutoMix/AdAutoMix config; "
+  if config.method not in ("automix", "samix", "adautomix"):
+    raise ValueError(f"`config` must be an AutoMix/SAMix/AdAutoMix config; "
                      f"{spec!r} has method {config.method!r}.")
   return config
 
 
 def test_images(config, num: int, seed: int = 0):
-  """``num`` normalised test images ``[num, H, W, C]`` and labels, one source
-  per class where possible, plus the number of classes."""
+  """``num`` normalised test images ``[num, H, W, C]``, their labels and the
+  number of classes: as many distinct classes as possible (round-robin over
+  the classes of a ``seed``-shuffled test split), so every row of the figure
+  shows another class and every mix pairs different classes."""
   from automix_jax import data
   _, test = data.build_sources(config.data)
-  rng = np.random.default_rng(seed)
-  idx = np.sort(rng.choice(len(test), size=num, replace=False))
+  order = np.random.default_rng(seed).permutation(len(test))
+  labels = test[order]["label"]
+  idx = order[data.distinct_class_indices(labels, num)]
   batch = test[idx]
   norm = data.augment_from_config(config.data, train=False)
   images = norm.device(jnp.asarray(batch["image"]))
@@ -102,109 +105,59 @@ def load_method(config, num_classes: int, sample_images, *,
 
 def compute(method, state, images, *, lam: Optional[Sequence[float]] = None,
             seed: int = 0) -> dict:
-  """Teacher features -> generator masks -> mixed images.
+  """Teacher features -> generator masks -> mixed images
+  (``method.preview_masks``, jitted).
 
-  Sample b mixes ``x[b]`` with ``x[(b + i) % B]`` (i = 1..N-1).
+  Sample b mixes its own image ``x[b]`` with ``x[(b + i) % B]`` (i = 1..N-1).
 
   Returns:
     ``{"sources": [B, N, H, W, C], "masks": [B, N, H, W], "mixed": [B, H, W, C],
-    "lam": [N]}``; for AutoMix N = 2 and ``masks[:, 1]`` is the partner mask s.
+    "lam": [N]}`` as numpy; for AutoMix N = 2, ``masks[:, 0]`` is the own-image
+    weight ``1 - s`` and ``masks[:, 1]`` the partner mask s.
   """
-  b = images.shape[0]
-  image_hw = tuple(images.shape[1:3])
-  key = jax.random.key(seed)
-  out, _ = method.teacher_apply(state.ema_params, state.ema_batch_stats, images,
-                                key)
-  feats = out["stages"][method.mask_layer]
-  ids = jnp.arange(b, dtype=jnp.int32)
-  gen_params = state.params["generator"]
-  if method.block_name == "automix":
-    lam_v = jnp.float32(0.5 if lam is None else lam[0])
-    index = jnp.roll(ids, -1)
-    s = method.mask(gen_params, feats, index, lam_v, image_hw)
-    mixed, _, _ = generators.apply_masks(
-        images, jnp.eye(b, dtype=jnp.float32), 1.0 - s, lam_v, index)
-    perms = jnp.stack([ids, index])
-    masks = jnp.concatenate([1.0 - s, s], axis=-1).transpose(0, 3, 1, 2)
-    lam_arr = jnp.stack([lam_v, 1 - lam_v])
-  else:
-    n = method.max_mix
-    lam_arr = (jnp.full((n,), 1.0 / n, jnp.float32) if lam is None
-               else jnp.asarray(lam, jnp.float32))
-    perms = jnp.stack([jnp.roll(ids, -i) for i in range(n)])
-    masks = method.masks(gen_params, feats, perms, lam_arr, image_hw)
-    mixed, _, _ = generators.apply_masks(images, jnp.eye(b, dtype=jnp.float32),
-                                         masks, lam_arr, perms.T)
-    masks = jnp.moveaxis(masks, -1, 1)                   # [B, N, H, W]
-  sources = jnp.stack([images[p] for p in perms], axis=1)
-  return jax.device_get({"sources": sources, "masks": masks, "mixed": mixed,
-                         "lam": lam_arr})
+  fn = jax.jit(method.preview_masks)
+  return jax.device_get(fn(state, images, lam=lam, key=jax.random.key(seed)))
 
 
 def mask_statistics(masks, lam, *, whole_image_area: float = 0.9) -> dict:
   """Summary numbers of learned masks ``[B, N, H, W]`` (sum over N is 1 per pixel).
 
-  Keys (all means over samples):
-    ``dominance``: mean over pixels of ``max_i M_i``; 1/N for a uniform blend,
-      1.0 for a hard per-pixel pick.
-    ``spatial_std``: spatial std of each ``M_i``, averaged over i; 0 when every
-      mask is constant over the image (a global blend or a whole-image pick).
-    ``whole_image_frac``: fraction of samples where one source covers more than
-      ``whole_image_area`` of the mixed image (mean of its mask).
-    ``area_lam_gap``: mean |mask area - λ_i|, how far the pixel shares are from
-      the label weights (0 when the label describes the pixels).
-    ``area_mean``: mean mask area per source ``[N]``; ``lam``: the λ used.
+  ``automix_jax.generators.mask_statistics`` (the numbers the learned methods
+  log as ``train/mask_*`` during training; all means over samples):
+  ``dominance`` (mean over pixels of ``max_i M_i``: 1/N for a uniform blend,
+  1.0 for a hard per-pixel pick), ``spatial_std`` (0 when every mask is
+  constant over the image), ``saturated_frac`` (pixels whose weights are all
+  within 0.01 of 0 or 1), ``whole_image_frac`` (samples where one source
+  covers more than ``whole_image_area`` of the mixed image), ``area_lam_gap``
+  (mean |mask area - λ_i|); plus ``area_mean``, the mean mask area per source
+  ``[N]``, and ``lam``, the λ used.
   """
   masks = np.asarray(masks, np.float64)
   lam = np.asarray(lam, np.float64)
   if masks.ndim != 4 or lam.shape != (masks.shape[1],):
     raise ValueError(f"`masks` must be [B, N, H, W] and `lam` [N]; got "
                      f"{masks.shape} and {lam.shape}.")
-  area = masks.mean(axis=(2, 3))                      # [B, N]
+  stats = generators.mask_statistics(np.moveaxis(masks, 1, -1), lam,
+                                     whole_image_area=whole_image_area, xp=np)
   return {
       "num_samples": int(masks.shape[0]),
       "num_sources": int(masks.shape[1]),
-      "dominance": float(masks.max(axis=1).mean()),
-      "spatial_std": float(masks.std(axis=(2, 3)).mean()),
-      "whole_image_frac": float((area.max(axis=1) > whole_image_area).mean()),
-      "area_lam_gap": float(np.abs(area - lam[None]).mean()),
-      "area_mean": [float(a) for a in area.mean(axis=0)],
+      **{k: float(v) for k, v in stats.items()},
+      "area_mean": [float(a) for a in masks.mean(axis=(2, 3)).mean(axis=0)],
       "lam": [float(v) for v in lam],
   }
 
 
-def _to_rgb(x, mean, std):
-  return np.clip(np.asarray(x) * np.asarray(std) + np.asarray(mean), 0, 1)
-
-
-def plot(result: dict, path: str, *, mean, std, title: str = "") -> str:
-  """Writes the grid PNG to ``path``; returns ``path``."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  sources, masks, mixed = result["sources"], result["masks"], result["mixed"]
-  b, n = sources.shape[:2]
-  cols = 2 * n + 1
-  fig, axes = plt.subplots(b, cols, figsize=(1.3 * cols, 1.3 * b + 0.4),
-                           squeeze=False)
-  for r in range(b):
-    for i in range(n):
-      axes[r, i].imshow(_to_rgb(sources[r, i], mean, std))
-      axes[r, n + i].imshow(masks[r, i], cmap="gray", vmin=0, vmax=1)
-    axes[r, 2 * n].imshow(_to_rgb(mixed[r], mean, std))
-  for i in range(n):
-    axes[0, i].set_title(f"x{i} (λ={float(result['lam'][i]):.2f})", fontsize=7)
-    axes[0, n + i].set_title(f"mask {i}", fontsize=7)
-  axes[0, 2 * n].set_title("mixed", fontsize=7)
-  for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
+def plot(result: dict, path: str, *, mean, std, title: str = "",
+         labels=None, class_names=None) -> str:
+  """Writes the grid PNG (``automix_jax.train.mask_images.mask_figure``: own
+  image first, masks with a colour bar, rows labelled by class) to ``path``;
+  returns ``path``."""
+  from automix_jax.train import mask_images
+  fig = mask_images.mask_figure(result, mean=mean, std=std, labels=labels,
+                                class_names=class_names, title=title)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -212,8 +165,9 @@ def visualize(config_spec: str, out_dir: str, *, workdir: Optional[str] = None,
               num: int = 6, seed: int = 0, stats_num: int = 0) -> str:
   """One config -> one PNG in ``out_dir`` (+ mask statistics of ``stats_num``
   test images as JSON when > 0); returns the PNG's path."""
+  from automix_jax import data
   config = load_config(config_spec)
-  images, _, num_classes = test_images(config, max(num, stats_num), seed)
+  images, labels, num_classes = test_images(config, max(num, stats_num), seed)
   method, state = load_method(config, num_classes, images, workdir=workdir,
                               seed=seed)
   result = compute(method, state, images[:num], seed=seed)
@@ -230,8 +184,11 @@ def visualize(config_spec: str, out_dir: str, *, workdir: Optional[str] = None,
       json.dump(stats, f, indent=1)
     print(json.dumps(stats))
   name = f"{config.method}_masks.png"
+  names = (data.CIFAR10_CLASSES if config.data.name == data.ARCHIVE_NAME
+           else None)
   return plot(result, os.path.join(out_dir, name), mean=config.data.mean,
-              std=config.data.std, title=f"{config.method} ({tag})")
+              std=config.data.std, title=f"{config.method} ({tag})",
+              labels=labels[:num], class_names=names)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

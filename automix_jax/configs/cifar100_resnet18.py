@@ -12,8 +12,9 @@ pretrained scorer). Reported number: median top-1 of the last 10 epochs
 
 Args (``:k=v,...``):
   mixer: vanilla | mixup | cutmix | fmix | saliencymix | resizemix | gridmix |
-    smoothmix | maskmix | manifoldmix | alignmix | snapmix, or several static
-    ones joined by "+" for a uniform random switch.
+    smoothmix | maskmix | manifoldmix | alignmix | snapmix | guidedmixup, or
+    several static ones joined by "+" for a uniform random switch.
+  label_mix: none | sumix (SUMix's label correction on top of the mixer).
   epochs: 200 | 400 | 800 | 1200 (any positive int is accepted).
   min_lr: cosine floor (OpenMixup's mixup benchmark: 0; AutoMix/AdAutoMix: 0.05).
   ema: keep an EMA teacher (momentum 0.999 -> 0.999999, AutoMix cosine hook)
@@ -30,8 +31,8 @@ from automix_jax.configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, mixer="mixup", epochs=400, min_lr=0.0,
-                         ema=False, runlocal=False)
+  arg = common.parse_arg(arg, mixer="mixup", label_mix="none", epochs=400,
+                         min_lr=0.0, ema=False, runlocal=False)
   if arg.epochs < 1:
     raise ValueError(f"`epochs` must be >= 1; got {arg.epochs}.")
   c = common.base_config()
@@ -44,6 +45,7 @@ def get_config(arg=None):
   c.model.width = 1.0
 
   c.mixer, c.switch = common.mixer_block(arg.mixer)
+  c.label_mix = common.label_mix_block(arg.label_mix)
 
   common.automix_ema(c, enabled=arg.ema)
 

@@ -8,6 +8,7 @@ Mixer α as OpenMixup's CIFAR recipe.
 
 Args (``:k=v,...``):
   mixer: as in cifar100_resnet18.py (vanilla, mixup, cutmix, ... or "a+b").
+  label_mix: none | sumix (SUMix's label correction on top of the mixer).
   epochs: number of epochs (default 3).
   images_per_class: training images per class (default 100; 0 = all 5000).
   width: ResNet width multiplier (default 0.125).
@@ -22,8 +23,8 @@ from automix_jax.configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, mixer="mixup", epochs=3, images_per_class=100,
-                         width=0.125, ema=False)
+  arg = common.parse_arg(arg, mixer="mixup", label_mix="none", epochs=3,
+                         images_per_class=100, width=0.125, ema=False)
   c = common.base_config()
   c.method = "static"
   c.num_epochs = arg.epochs
@@ -44,6 +45,7 @@ def get_config(arg=None):
   c.optimizer.min_lr = 0.0
 
   c.mixer, c.switch = common.mixer_block(arg.mixer)
+  c.label_mix = common.label_mix_block(arg.label_mix)
 
   c.ema.enabled = arg.ema
   c.ema.schedule = "cosine"

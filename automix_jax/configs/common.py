@@ -82,7 +82,32 @@ OPENMIXUP_CIFAR_MIXERS = {
     "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
     "alignmix": ("alignmix", {"alpha": 2.0}),
     "snapmix": ("snapmix", {"alpha": 1.0, "prob": 0.5}),
+    # Model-aware: no α (λ is the mean saliency ratio); mixes 80 % of the
+    # batches, the authors' Guided-AP CIFAR-100 run (--mix_prob 0.8).
+    "guidedmixup": ("guidedmixup", {"mix_prob": 0.8}),
+    # Model-aware (saliency from the input gradient, computed by the trainer).
+    # PuzzleMix's smoothness term reads the de-normalised images, as OpenMixup.
+    "puzzlemix": ("puzzlemix", {"alpha": 1.0, "mean": CIFAR10_MEAN,
+                                "std": CIFAR10_STD}),
+    "comixup": ("comixup", {"alpha": 2.0}),  # the Dirichlet prior's α
 }
+
+# Label/loss wrappers (config.label_mix) of the static method, usable with
+# any two-image mixer, at the authors' CIFAR-100 settings: SUMix's
+# ClsUncertainMixupHead gama=0.5 (github.com/JinXins/SUMix, configs/
+# classification/cifar100/mixups/uncertain/r18_mixups_none.py).
+LABEL_MIXES = {
+    "none": {},
+    "sumix": {"gamma": 0.5},
+}
+
+
+def label_mix_block(name: str) -> mlc.ConfigDict:
+  """``config.label_mix`` for a wrapper name ("none" or "sumix")."""
+  if name not in LABEL_MIXES:
+    raise ValueError(f"unknown label_mix {name!r}; choose from "
+                     f"{', '.join(sorted(LABEL_MIXES))}.")
+  return mlc.ConfigDict({"name": name, "kwargs": dict(LABEL_MIXES[name])})
 
 
 # Static mixers of OpenMixup's CIFAR-100 ViT benchmark (DeiT-S / Swin-T at
@@ -176,6 +201,8 @@ def base_config() -> mlc.ConfigDict:
   c.final_evals = mlc.ConfigDict({"ece": True, "fgsm": True,
                                   "fgsm_eps": 8.0 / 255, "ece_bins": 10})
   c.progress_bar = True
+  c.tensorboard = True            # also TensorBoard event files in the workdir
+  c.log_images_every_steps = 0    # > 0: learned methods' mask grids (TensorBoard)
 
   c.model = mlc.ConfigDict({"name": "cifar_resnet18", "width": 1.0,
                             "kwargs": mlc.ConfigDict()})
@@ -211,6 +238,9 @@ def base_config() -> mlc.ConfigDict:
                                "consistency_weight": 1.0})})
 
   c.mixer, c.switch = mixer_block("mixup")
+  # Static method only: a label/loss wrapper of the mixer's output
+  # (automix_jax/train/sumix.py), "none" or "sumix".
+  c.label_mix = label_mix_block("none")
   # Per-device semantics of multi-GPU PyTorch (docs/training.md): partners
   # and λ drawn inside each device's shard; BatchNorm statistics per device.
   c.per_device_mixing = False
@@ -220,6 +250,14 @@ def base_config() -> mlc.ConfigDict:
                           "end_momentum": 0.999999, "schedule": "constant",
                           "warmup_frac": 0.1, "batch_stats": "forward"})
   c.checkpoint = mlc.ConfigDict({"every_steps": 500, "keep": 3})
+  # Gradient accumulation over micro-batches of the (mixed) global batch
+  # (automix_jax.train.accumulate; static method only).
+  c.grad_accum_steps = 1
+  # True: a larger num_epochs than the checkpoint's continues (extends) it.
+  c.extend = False
+  # Fine-tuning: weights loaded into a fresh state (automix_jax.train.init_from).
+  c.init_from = mlc.ConfigDict({"path": "", "kind": "checkpoint", "skip": "",
+                                "weights": "online"})
   return c
 
 
@@ -241,6 +279,11 @@ def openmixup_cifar100(c: mlc.ConfigDict, *, min_lr: float) -> mlc.ConfigDict:
   c.optimizer.by_epoch = True
   c.optimizer.min_lr = min_lr
   return c
+
+
+# Learned methods: mask images every 1000 steps (2 epochs of CIFAR at batch
+# 100); each costs one teacher + generator pass on 8 images and a figure.
+LEARNED_MASK_IMAGES_EVERY = 1000
 
 
 # Parameters without weight decay in OpenMixup's / AdAutoMix's ViT configs
@@ -349,7 +392,21 @@ def shrink_for_local_run(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.log_every_steps = 1
   c.report_last_epochs = 2
   c.checkpoint.every_steps = 10
+  if c.log_images_every_steps:
+    c.log_images_every_steps = 10
   return c
+
+
+def set_logit_bound(generator: mlc.ConfigDict, bound: float) -> None:
+  """Adds ``logit_bound`` to a learned method's generator block when > 0.
+
+  An opt-in guard that is not in the reference (``generators.PixelMixBlock`` /
+  ``AdaptiveMask`` ``logit_bound``: soft-clipped logits before the sigmoid /
+  softmax). The key exists only when the guard is on, so the configs without it
+  keep their resume fingerprint (``loop.resume_fingerprint``).
+  """
+  if bound:
+    generator.logit_bound = float(bound)
 
 
 def offline_cpu_run(c: mlc.ConfigDict, arg: mlc.ConfigDict) -> mlc.ConfigDict:
@@ -376,4 +433,5 @@ def offline_cpu_run(c: mlc.ConfigDict, arg: mlc.ConfigDict) -> mlc.ConfigDict:
   c.ema.end_momentum = arg.ema_end_momentum
   c.checkpoint.every_steps = 20
   c.checkpoint.keep = 2
+  c.log_images_every_steps = 20
   return c

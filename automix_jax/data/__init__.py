@@ -28,6 +28,7 @@ from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, KINDS, Augment,
                                       resize_jax)
 from automix_jax.data.augment import from_config as augment_from_config
 from automix_jax.data.offline import (CIFAR10_CLASSES, ArraySource,
+                                      distinct_class_indices,
                                       load_cifar10_archive, subset_per_class)
 from automix_jax.data.pipeline import TrainIterator, eval_batches
 from automix_jax.data.randaugment import randaugment_np
@@ -44,6 +45,7 @@ __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
     "KINDS", "TfdsSource", "TrainIterator", "augment_from_config",
     "augment_jax", "build_sources", "center_crop_jax", "color_jitter_jax",
+    "distinct_class_indices",
     "eval_batches", "eval_transform", "fingerprint", "load_cifar10_archive",
     "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
     "random_erasing_jax", "random_resized_crop_jax", "random_resized_crop_np",

@@ -249,6 +249,37 @@ def subset_per_class(x: np.ndarray, y: np.ndarray, images_per_class: int,
   return x[keep], y[keep]
 
 
+def distinct_class_indices(labels: np.ndarray, num: int) -> np.ndarray:
+  """``num`` indices into ``labels`` covering as many classes as possible.
+
+  Round-robin over the classes in order of first appearance: the first
+  example of each class, then the second of each, ... so figures show
+  several classes (and every mix pairs different classes while ``num`` <=
+  the number of classes). Deterministic.
+
+  Args:
+    labels: int ``[M]``.
+    num: 1 <= num <= M.
+
+  Returns:
+    int64 ``[num]``, distinct.
+  """
+  y = np.asarray(labels)
+  if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"`labels` must be int [M]; got {y.dtype} {y.shape}.")
+  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) \
+      or not 1 <= num <= len(y):
+    raise ValueError(f"`num` must be an int in [1, {len(y)}]; got {num!r}.")
+  classes, first = np.unique(y, return_index=True)
+  per_class = [np.flatnonzero(y == c) for c in classes[np.argsort(first)]]
+  picks = []
+  for rank in range(max(len(p) for p in per_class)):
+    picks += [int(p[rank]) for p in per_class if rank < len(p)]
+    if len(picks) >= num:
+      break
+  return np.asarray(picks[:num], np.int64)
+
+
 def check_indices(indices, length: int) -> np.ndarray:
   """Validates ``indices`` (1-D ints in ``[-length, length)``) for a source."""
   idx = np.asarray(indices)

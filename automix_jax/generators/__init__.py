@@ -10,9 +10,10 @@ from automix_jax.generators._apply import apply_masks
 from automix_jax.generators._apply import nway_blend
 from automix_jax.generators._apply import nway_labels
 from automix_jax.generators._apply import upsample
+from automix_jax.generators._stats import mask_statistics
 from automix_jax.generators.adaptive_mask import AdaptiveMask
 from automix_jax.generators.pixel_mix_block import PixelMixBlock
 from automix_jax.generators.pixel_mix_block import automix_scale
 
 __all__ = ["AdaptiveMask", "PixelMixBlock", "apply_masks", "automix_scale",
-           "nway_blend", "nway_labels", "upsample"]
+           "mask_statistics", "nway_blend", "nway_labels", "upsample"]

@@ -5,6 +5,8 @@ Kept free of optax/tfds so that ``automix_jax.generators`` imports with flax alo
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 from typing import Any, Optional, Sequence
 
@@ -12,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from automix_jax.mixers import _common as mc  # jax + numpy only.
+# The blend lives with the mixers (Co-Mixup uses it); re-exported here.
+from automix_jax.mixers._common import nway_blend  # noqa: F401
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -86,6 +90,55 @@ def check_image_size(image_size: Optional[Sequence[int]], h: int, w: int,
         f"move the channels of an NCHW map last with jnp.moveaxis(x, 1, -1).)")
 
 
+def check_logit_bound(bound: Any, *, arg: str = "logit_bound"
+                      ) -> Optional[float]:
+  """None (off) or a finite number > 0."""
+  if bound is None:
+    return None
+  if (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+      or not math.isfinite(bound) or bound <= 0):
+    raise ValueError(f"`{arg}` must be None (off) or a finite number > 0, the "
+                     f"largest |logit| before the sigmoid / softmax (e.g. 6.0); "
+                     f"got {bound!r}.")
+  return float(bound)
+
+
+def bound_logits(z: jax.Array, bound: Optional[float]) -> jax.Array:
+  """Soft-clips mask logits to ``(-bound, bound)``: ``z / sqrt(1 + (z/b)^2)``.
+
+  An opt-in guard against a saturated sigmoid / softmax, whose gradient is
+  (numerically) zero for large logits so that the generator stops learning.
+  Bounded logits keep every mask weight away from 0 and 1 (``sigmoid(±b)``), so
+  the sigmoid's own derivative is at least ``sigmoid'(b)``; the soft clip's
+  derivative ``(1 + (z/b)^2)^(-3/2)`` decays only polynomially and stays a
+  normal float32 for ``|z| < ~1e12 b``, so the product never vanishes.
+  ``b·tanh(z/b)`` would not do: its derivative ``1 - tanh^2`` rounds to exactly
+  0 in float32 once ``|z| > ~9 b``, the failure it is meant to prevent. Close to
+  the identity for ``|z| << b`` (``z - z^3 / (2 b^2)``). The form is the
+  inverse square root unit (Carlile et al., "Improving Deep Learning by
+  Inverse Square Root Linear Units", arXiv 1710.09967, 2017). ``bound=None``
+  returns ``z`` itself (no operation: the reference behaviour).
+  """
+  if bound is None:
+    return z
+  return _soft_clip(z, float(bound))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _soft_clip(z: jax.Array, bound: float) -> jax.Array:
+  return z * jax.lax.rsqrt(1.0 + jnp.square(z / jnp.asarray(bound, z.dtype)))
+
+
+@_soft_clip.defjvp
+def _soft_clip_jvp(bound, primals, tangents):
+  # The analytic derivative r^3, r = (1 + (z/b)^2)^(-1/2): autodiff of the
+  # product z·r subtracts two nearly equal terms and loses it in float32 for
+  # |z| >> b (even its sign, at |z| = 1e6 b).
+  (z,), (dz,) = primals, tangents
+  r = jax.lax.rsqrt(1.0 + jnp.square(z / jnp.asarray(bound, z.dtype)))
+  return z * r, dz * r * r * r
+
+
 def check_index_vector(index: Any, batch_size: int, *, arg: str) -> None:
   """``[B]`` integer indices into the batch (values as in the mixers)."""
   shape = getattr(index, "shape", None)
@@ -139,25 +192,6 @@ def nway_labels(labels: jax.Array, lam: jax.Array, index: jax.Array
   return jnp.einsum("bn,bnk->bk", lam.astype(jnp.float32),
                     mc.take(labels, index).astype(jnp.float32)
                     ).astype(labels.dtype)
-
-
-def nway_blend(images: jax.Array, weights: jax.Array, index: jax.Array
-               ) -> jax.Array:
-  """``Σ_i weights[..., i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
-
-  Args:
-    images: ``[B, H, W, C]``.
-    weights: ``[B, H, W, N]`` per-pixel masks (channel i weights image i) or
-      ``[B, N]`` per-sample weights (plain N-way mixup).
-    index: ``[B, N]`` int, the source sample of image i.
-  """
-  out = None
-  for i in range(index.shape[1]):
-    w = weights[..., i]
-    w = w[..., None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
-    term = w.astype(images.dtype) * mc.take(images, index[:, i])
-    out = term if out is None else out + term
-  return out
 
 
 def _check_masks(masks: Any, shape: tuple[int, ...], what: str) -> None:

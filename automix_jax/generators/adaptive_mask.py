@@ -38,12 +38,18 @@ class AdaptiveMask(nn.Module):
     upsample: ``"bilinear"`` (CNN configs; ``align_corners=False``) or
       ``"nearest"`` (ViT configs).
     lam_concat: append a constant λ_i channel (last) to image i's features.
+    logit_bound: None (reference) or b > 0: soft-clip the upsampled per-image
+      logits to ``(-b, b)`` before the softmax over images
+      (``_apply.bound_logits``): every weight stays at least
+      ``1 / (1 + (N-1) e^{2b})`` from 0 and 1, so the softmax's gradient
+      cannot vanish.
     dtype: compute dtype; masks are float32.
   """
   reduction: int = 2
   scale: int = 4
   upsample: str = "bilinear"
   lam_concat: bool = False
+  logit_bound: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -73,6 +79,7 @@ class AdaptiveMask(nn.Module):
     b, h, w, c = G.check_features(features)
     scale = G.check_scale(self.scale)
     G.check_upsample(self.upsample)
+    bound = G.check_logit_bound(self.logit_bound)
     d = G.check_reduction(self.reduction, c)
     G.check_image_size(image_size, h, w, scale)
     n = mc.check_index_matrix(indices, b)
@@ -108,6 +115,6 @@ class AdaptiveMask(nn.Module):
     # reference scrambles (docs/learned_mixing.md).
     s = jnp.transpose(s.reshape(n, b, h, w), (1, 2, 3, 0))      # [B, h, w, N]
     # Upsample the logits first, then normalise over images, as the authors' code.
-    s = G.upsample(s, scale, self.upsample)
+    s = G.bound_logits(G.upsample(s, scale, self.upsample), bound)
     masks = jax.nn.softmax(s, axis=-1)
     return (masks, s) if return_logits else masks

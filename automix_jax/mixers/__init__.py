@@ -27,13 +27,16 @@ same jitted step.
 
 from automix_jax.mixers import _alignmix
 from automix_jax.mixers import _attentive
+from automix_jax.mixers import _comixup
 from automix_jax.mixers import _cutmix
 from automix_jax.mixers import _fmix
 from automix_jax.mixers import _gridmix
+from automix_jax.mixers import _guidedmix
 from automix_jax.mixers import _manifoldmix
 from automix_jax.mixers import _maskmix
 from automix_jax.mixers import _mixpro
 from automix_jax.mixers import _nway
+from automix_jax.mixers import _puzzlemix
 from automix_jax.mixers import _resizemix
 from automix_jax.mixers import _smmix
 from automix_jax.mixers import _smoothmix
@@ -52,6 +55,7 @@ from automix_jax.mixers._common import draw_lam
 from automix_jax.mixers._common import draw_partner
 from automix_jax.mixers._common import mix_labels
 from automix_jax.mixers._common import one_hot
+from automix_jax.mixers._comixup import comixup
 from automix_jax.mixers._compose import get
 from automix_jax.mixers._compose import hyperparameter_names
 from automix_jax.mixers._compose import NEEDS
@@ -66,11 +70,15 @@ from automix_jax.mixers._compose import switch
 from automix_jax.mixers._cutmix import cutmix
 from automix_jax.mixers._fmix import fmix
 from automix_jax.mixers._gridmix import gridmix
+from automix_jax.mixers._guidedmix import guided_saliency
+from automix_jax.mixers._guidedmix import guidedmixup
 from automix_jax.mixers._manifoldmix import manifoldmix
 from automix_jax.mixers._maskmix import maskmix
 from automix_jax.mixers._mixpro import mixpro
 from automix_jax.mixers._mixup import mixup
 from automix_jax.mixers._nway import nway_mixup
+from automix_jax.mixers._puzzlemix import gradient_saliency
+from automix_jax.mixers._puzzlemix import puzzlemix
 from automix_jax.mixers._resizemix import resizemix
 from automix_jax.mixers._saliencymix import saliencymix
 from automix_jax.mixers._smmix import smmix
@@ -107,3 +115,9 @@ register("mixpro", checks=_mixpro.CHECKS, needs=("relabel",),
          relabel_outputs=_mixpro.RELABEL_OUTPUTS)(mixpro)
 register("tlalign", checks=_tlalign.CHECKS, needs=("relabel",),
          relabel_outputs=_tlalign.RELABEL_OUTPUTS)(tlalign)
+register("guidedmixup", checks=_guidedmix.CHECKS, needs=("saliency",),
+         saliency_fn=guided_saliency)(guidedmixup)
+register("puzzlemix", checks=_puzzlemix.CHECKS, needs=("saliency",),
+         saliency_fn=gradient_saliency)(puzzlemix)
+register("comixup", checks=_comixup.CHECKS, needs=("saliency",),
+         saliency_fn=gradient_saliency)(comixup)

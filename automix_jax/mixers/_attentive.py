@@ -47,11 +47,8 @@ CHECKS = {"scorer": check_scorer, "top_k": _check_top_k,
 def saliency_scores(images: jax.Array, grid: tuple[int, int]) -> jax.Array:
   """Mean spectral-residual saliency per cell: ``[B, H, W, C]`` ->
   ``[B, gh, gw]`` (the default scorer; no gradient flows through it)."""
-  batch_size, height, width, _ = images.shape
-  gh, gw = grid
   sal = _saliencymix.spectral_residual_saliency(jax.lax.stop_gradient(images))
-  return sal.reshape(batch_size, gh, height // gh, gw, width // gw).mean(
-      axis=(2, 4))
+  return C.block_mean(sal, *grid)
 
 
 def _default_scores(images: jax.Array, scorer: Any, grid_size: Any

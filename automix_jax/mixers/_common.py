@@ -452,6 +452,15 @@ def one_hot(labels: Any, num_classes: int, *, smoothing: float = 0.0,
   return (hot * (on - off) + off).astype(dtype)
 
 
+def explicit_mesh(x: Any) -> Any:
+  """The mesh of ``x``'s sharding if it has Explicit axes, else None."""
+  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+  if (mesh is None or getattr(mesh, "empty", True) or
+      jax.sharding.AxisType.Explicit not in tuple(mesh.axis_types)):
+    return None
+  return mesh
+
+
 def take(x: Any, index: Array) -> Array:
   """``x[index]``: rows of ``x`` along the batch axis, on any mesh.
 
@@ -460,13 +469,11 @@ def take(x: Any, index: Array) -> Array:
   rows then keep ``x``'s batch sharding (``.at[index].get(out_sharding=)``).
   Elsewhere (no mesh, Auto axes, inside ``shard_map``) this is ``x[index]``.
   """
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  mesh = getattr(sharding, "mesh", None)
-  explicit = jax.sharding.AxisType.Explicit
-  if (mesh is None or getattr(mesh, "empty", True) or
-      explicit not in tuple(mesh.axis_types)):
+  mesh = explicit_mesh(x)
+  if mesh is None:
     return x[index]
-  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+  spec = tuple(jax.typeof(x).sharding.spec)
+  spec = spec + (None,) * (x.ndim - len(spec))
   out = jax.P(spec[0], *((None,) * (index.ndim - 1)), *spec[1:])
   return x.at[index].get(out_sharding=jax.sharding.NamedSharding(mesh, out))
 
@@ -516,6 +523,25 @@ def apply_mask(images: Array, mask: Array, index: Array) -> Array:
   return blend(images, take(images, index), mask)
 
 
+def nway_blend(images: jax.Array, weights: jax.Array, index: jax.Array
+               ) -> jax.Array:
+  """``Σ_i weights[..., i] ⊙ images[index[:, i]]``, summed in the order i = 0..N-1.
+
+  Args:
+    images: ``[B, H, W, C]``.
+    weights: ``[B, H, W, N]`` per-pixel masks (channel i weights image i) or
+      ``[B, N]`` per-sample weights (plain N-way mixup).
+    index: ``[B, N]`` int, the source sample of image i.
+  """
+  out = None
+  for i in range(index.shape[1]):
+    w = weights[..., i]
+    w = w[..., None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
+    term = w.astype(images.dtype) * take(images, index[:, i])
+    out = term if out is None else out + term
+  return out
+
+
 def per_sample(lam: Array, ndim: int) -> Array:
   """``[B]`` -> ``[B, 1, ..., 1]`` with ``ndim`` dims, for broadcasting."""
   return lam.reshape(lam.shape[:1] + (1,) * (ndim - 1))
@@ -528,6 +554,46 @@ def cells_to_mask(cells: Array, height: int, width: int) -> Array:
   mask = jnp.repeat(jnp.repeat(cells, height // gh, axis=1), width // gw,
                     axis=2)
   return mask[..., None]
+
+
+def block_mean(x: Array, gh: int, gw: int) -> Array:
+  """Means over a ``gh x gw`` grid of equal blocks: ``[B, H, W, ...]`` ->
+  ``[B, gh, gw, ...]`` (the caller checks divisibility; avg-pooling with
+  kernel = stride = the block)."""
+  batch_size, height, width = x.shape[:3]
+  return x.reshape(batch_size, gh, height // gh, gw, width // gw,
+                   *x.shape[3:]).mean(axis=(2, 4))
+
+
+def block_shares(saliency: Array, grid: int) -> Array:
+  """Each block's share of an image's saliency: ``[B, H, W]`` -> ``[B, g, g]``
+  block means summing to 1 per image (PuzzleMix's and Co-Mixup's unary; a map
+  that is 0 everywhere gives equal shares rather than 0/0)."""
+  pooled = block_mean(saliency, grid, grid)
+  total = pooled.sum((1, 2), keepdims=True)
+  return jnp.where(total > 0, pooled / jnp.where(total > 0, total, 1.0),
+                   1.0 / (grid * grid))
+
+
+def check_saliency(saliency: Any, batch_size: int, height: int, width: int,
+                   *, arg: str = "saliency", nonnegative: bool = True) -> None:
+  """Raises unless ``saliency`` is float ``[B, H, W]`` maps, >= 0 if
+  ``nonnegative`` (the model-aware mixers' ``saliency``, docs/interfaces.md;
+  values are checked as in ``check_value``: at once if concrete, by
+  ``checkify`` under jit)."""
+  shape = getattr(saliency, "shape", None)
+  if shape is None or tuple(shape) != (batch_size, height, width):
+    raise ValueError(
+        f"`{arg}` must be maps of shape [B, H, W] = ({batch_size}, {height}, "
+        f"{width}) on the images' grid; got "
+        f"{tuple(shape) if shape is not None else type(saliency).__name__}.")
+  if not jnp.issubdtype(saliency.dtype, jnp.floating):
+    raise ValueError(f"`{arg}` must be floating point; got dtype "
+                     f"{saliency.dtype}.")
+  if nonnegative:
+    check_in_range(saliency, 0, np.inf,
+                   f"`{arg}` must be >= 0 everywhere (e.g. the input-gradient "
+                   "norm); got range [{lo}, {hi}].")
 
 
 def mask_to_lam(mask: Array) -> Array:

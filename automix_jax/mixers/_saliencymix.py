@@ -159,15 +159,8 @@ def saliencymix(key: Array, images: Array, labels: Array, *,
       "its box spans [c - cut//2, c + cut//2), empty unless "
       "cut = floor(side·sqrt(1-λ)) >= 2"))
   if saliency is not None:
-    shape = getattr(saliency, "shape", None)
-    if shape is None or tuple(shape) != (batch_size, height, width):
-      raise ValueError(
-          f"`saliency` must be maps of shape [B, H, W] = ({batch_size}, "
-          f"{height}, {width}); got "
-          f"{tuple(shape) if shape is not None else type(saliency).__name__}.")
-    if not jnp.issubdtype(saliency.dtype, jnp.floating):
-      raise ValueError(f"`saliency` must be floating point; got dtype "
-                       f"{saliency.dtype}.")
+    # Only its argmax is used, so any real-valued map will do.
+    C.check_saliency(saliency, batch_size, height, width, nonnegative=False)
 
   k_lam, k_index = jax.random.split(key)
   lam = C.resolve_lam(k_lam, alpha, batch_size, lam_scope, lam)

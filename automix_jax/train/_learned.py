@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from automix_jax import generators
+from automix_jax.generators import _apply as gen_common
 from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
@@ -102,6 +104,16 @@ def check_choice(value: Any, choices, arg: str) -> Any:
   return value
 
 
+def generator_logit_bound(gen_cfg: Mapping, block_name: str) -> float | None:
+  """``config.<block>.generator.logit_bound``: absent, None or 0 -> None (off,
+  the reference), else a number > 0 (``generators`` ``logit_bound``)."""
+  value = gen_cfg.get("logit_bound", None)
+  if value is None or (not isinstance(value, bool) and value == 0):
+    return None
+  return gen_common.check_logit_bound(
+      value, arg=f"{block_name}.generator.logit_bound")
+
+
 def check_batch(batch: Any, *, min_size: int, what: str) -> tuple[jax.Array,
                                                                  jax.Array]:
   """``batch = {"image": [B, H, W, C] float, "label": [B] int}``; B >= min_size."""
@@ -151,6 +163,19 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8
 
 
 soft_ce = losses.soft_cross_entropy
+
+
+def mask_metrics(masks: jax.Array, lam: jax.Array) -> dict:
+  """``mask_<stat>`` train metrics of the generator's masks ``[B, H, W, N]``.
+
+  ``generators.mask_statistics`` (dominance, spatial std, saturated and
+  whole-image fractions, area-λ gap) of the generator's own, differentiable
+  sample, which never falls back to constant λ; the loop logs them as
+  ``train/mask_*`` every log step. A few reductions over the mask: negligible
+  beside the step's forward and backward passes.
+  """
+  return {f"mask_{k}": v
+          for k, v in generators.mask_statistics(masks, lam).items()}
 
 
 # ----------------------------------------------------------------------------
@@ -206,6 +231,7 @@ class LearnedMixingBase:
   block_name = ""
   reported_variant = "ema_one"
   default_mask_layer = 2
+  preview_sources = 2   # N of preview_masks (AdAutoMix: mix_samples)
 
   @classmethod
   def check_config(cls, config: Any) -> None:
@@ -241,6 +267,12 @@ class LearnedMixingBase:
           "generator mixes each sample with partners drawn over the global "
           "batch (as the reference's single-GPU CIFAR runs). Use "
           "per_device_batch_stats for DDP-style BatchNorm.")
+    if int(config.get("grad_accum_steps", 1)) != 1:
+      raise ValueError(
+          f"`config.grad_accum_steps` > 1 is implemented for method='static' "
+          f"only; {self.block_name}'s step (teacher passes, generator, chained "
+          "BatchNorm statistics of several classifier passes) runs on the "
+          "whole batch. Use grad_accum_steps=1 (docs/training.md).")
     self.bn_groups = static.bn_groups(config, mesh)
     block = config.get(self.block_name, None)
     if block is None:
@@ -374,15 +406,22 @@ class LearnedMixingBase:
         self.model, {"params": params, "batch_stats": batch_stats}, images,
         rngs={"dropout": key}, groups=self.bn_groups)
 
-  def teacher_apply(self, params, batch_stats, images, key):
+  def teacher_apply(self, params, batch_stats, images, key, *,
+                    groups: int | None = None):
     """EMA-teacher forward: ``(out, new_batch_stats)``.
 
     ``teacher_bn="batch_stats"`` (reference): train mode, BN uses the batch
     statistics and updates the teacher's running stats (and ViT drop-path is
     active, as in the reference's train-mode teacher). ``"running"``: eval mode.
+    ``groups``: BatchNorm groups of the train-mode pass (default: the run's,
+    ``per_device_batch_stats``).
     """
     if self.teacher_bn == "batch_stats":
-      return self.online_apply(params, batch_stats, images, key)
+      if groups is None:
+        return self.online_apply(params, batch_stats, images, key)
+      return static.train_apply(
+          self.model, {"params": params, "batch_stats": batch_stats}, images,
+          rngs={"dropout": key}, groups=groups)
     out = self.model.apply({"params": params, "batch_stats": batch_stats},
                            images, train=False)
     return out, batch_stats
@@ -437,6 +476,59 @@ class LearnedMixingBase:
         "param_norm": optax.tree.norm(params["classifier"]),
     }
     return new_state, metrics
+
+  # -- mask preview -----------------------------------------------------------
+
+  def preview_masks(self, state, images: jax.Array, *,
+                    lam: jax.Array | None = None,
+                    key: jax.Array | None = None) -> dict:
+    """The generator's masks on a fixed batch with fixed partners (figures).
+
+    Sample b mixes its own image ``x[b]`` (source 0) with ``x[(b + i) % B]``,
+    i = 1..N-1 (AutoMix: N = 2; AdAutoMix: ``mix_samples``), at the label
+    weights ``lam`` ``[N]`` (default uniform; AutoMix reads ``lam[0]``, the
+    own-image weight). The teacher encodes ``images`` as in training (its
+    ``teacher_bn`` mode; BatchNorm over this batch as one group). Pure and
+    jittable; nothing of the state changes. scripts/visualize_masks.py and the
+    trainer's TensorBoard mask images (``config.log_images_every_steps``) call
+    it.
+
+    Args:
+      state: a ``TrainState`` of this method.
+      images: ``[B, H, W, C]`` normalised, B >= N.
+      lam: ``[N]`` label weights summing to 1, or None.
+      key: dropout key of the teacher pass (default ``key(0)``).
+
+    Returns:
+      ``{"sources": [B, N, H, W, C], "masks": [B, N, H, W] (channel i the
+      per-pixel weight of source i; they sum to 1), "mixed": [B, H, W, C],
+      "lam": [N]}``.
+    """
+    n = self.preview_sources
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) != 4 or shape[0] < n:
+      raise ValueError(f"`images` must be [B, H, W, C] with B >= {n}; got "
+                       f"{tuple(shape) if shape is not None else images!r}.")
+    lam = (jnp.full((n,), 1.0 / n, jnp.float32) if lam is None
+           else jnp.asarray(lam, jnp.float32))
+    if lam.shape != (n,):
+      raise ValueError(f"`lam` must be [{n}]; got shape {lam.shape}.")
+    key = jax.random.key(0) if key is None else key
+    out, _ = self.teacher_apply(state.ema_params, state.ema_batch_stats,
+                                images, key, groups=1)
+    features = out["stages"][self.mask_layer]
+    ids = jnp.arange(shape[0], dtype=jnp.int32)
+    perms = jnp.stack([jnp.roll(ids, -i) for i in range(n)])         # [N, B]
+    masks = self._preview_masks(state.params["generator"], features, perms,
+                                lam, tuple(shape[1:3]))             # [B,H,W,N]
+    return {"sources": jnp.stack([images[p] for p in perms], axis=1),
+            "masks": jnp.moveaxis(masks, -1, 1),
+            "mixed": generators.nway_blend(images, masks, perms.T),
+            "lam": lam}
+
+  def _preview_masks(self, gen_params, features, perms, lam, image_hw):
+    """``[B, H, W, N]`` masks of the sources ``x[perms[i]]`` for ``lam``."""
+    raise NotImplementedError
 
   # -- evaluation -------------------------------------------------------------
 

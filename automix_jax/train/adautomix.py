@@ -33,7 +33,8 @@ Config block ``config.adautomix`` (configs/adautomix/cifar100.py documents each
 key): ``mix_samples, is_random, alpha, lam_margin, margin_scope ("first" |
 "all"), mixup_radio, beta_radio, cosine_sign (+1 | -1), teacher_bn
 ("batch_stats" | "running"), mask_layer, generator = {reduction, scale,
-upsample, lam_concat}``.
+upsample, lam_concat, logit_bound (optional; absent or 0 = off, the
+reference)}``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class AdAutoMix(L.LearnedMixingBase):
         reduction=int(gen_cfg.get("reduction", 2)),
         scale=gen_cfg.get("scale", 4),
         upsample=gen_cfg.get("upsample", "bilinear"),
-        lam_concat=bool(gen_cfg.get("lam_concat", False)))
+        lam_concat=bool(gen_cfg.get("lam_concat", False)),
+        logit_bound=L.generator_logit_bound(gen_cfg, self.block_name))
 
   def check_features(self, sample_images):
     feat_shape = super().check_features(sample_images)
@@ -136,6 +138,13 @@ class AdAutoMix(L.LearnedMixingBase):
       return jnp.logical_or(m >= lam_bb[0], m >= 1.0 - lam_bb[0])
     tested = lam_bb[:1] if self.margin_scope == "first" else lam_bb
     return jnp.any(jnp.logical_or(m >= tested, m > 1.0 - tested))
+
+  @property
+  def preview_sources(self) -> int:
+    return self.max_mix
+
+  def _preview_masks(self, gen_params, features, perms, lam, image_hw):
+    return self.masks(gen_params, features, perms, lam, image_hw)
 
   def masks(self, gen_params, features, perms, lam, image_hw):
     """``[B, H, W, N]`` masks for the sources ``x[perms[i]]`` (perms ``[N, B]``)."""
@@ -239,7 +248,8 @@ class AdAutoMix(L.LearnedMixingBase):
            "m_mb": jnp.moveaxis(m_mb, -1, 1),                  # [B, N, H, W]
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
                        "ce_one": ce_one, "ce_mix": ce_amce, "ce_lin": ce_lin,
-                       "ce_teacher_mix": ce_teacher, "cos": cos, **extra}}
+                       "ce_teacher_mix": ce_teacher, "cos": cos, **extra,
+                       **L.mask_metrics(m_mb, ctx["lam_mb"])}}
     return loss_cls, loss_gen, aux
 
   def _step_n(self, n: int, state, batch, step_key):

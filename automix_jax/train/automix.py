@@ -23,7 +23,8 @@ Config block ``config.automix`` (configs/automix/cifar100.py documents each key)
 ``alpha, lam_margin, mask_layer, mask_loss, mask_loss_margin,
 mask_loss_schedule ("constant" | "cosine"), teacher_bn ("batch_stats" |
 "running"), generator = {reduction, scale (0 = the reference's rule from the
-image width), upsample, lam_concat}``.
+image width), upsample, lam_concat, logit_bound (optional; absent or 0 = off,
+the reference)}``.
 """
 
 from __future__ import annotations
@@ -62,13 +63,20 @@ class AutoMix(L.LearnedMixingBase):
     scale = gen_cfg.get("scale", 0)
     self._scale_auto = scale in (0, None)
     if not self._scale_auto:
-      gen_common.check_scale(scale, arg="automix.generator.scale")
-    gen_common.check_upsample(gen_cfg.get("upsample", "nearest"))
+      gen_common.check_scale(scale, arg=f"{self.block_name}.generator.scale")
     return generators.PixelMixBlock(
-        reduction=int(gen_cfg.get("reduction", 2)),
         scale=1 if self._scale_auto else scale,   # set from the image in init
-        lam_concat=bool(gen_cfg.get("lam_concat", False)),
-        upsample=gen_cfg.get("upsample", "nearest"))
+        **self._generator_options(gen_cfg))
+
+  def _generator_options(self, gen_cfg: dict) -> dict:
+    """``PixelMixBlock`` keyword arguments (other than ``scale``) from
+    ``config.<block>.generator``."""
+    upsample = gen_cfg.get("upsample", "nearest")
+    gen_common.check_upsample(upsample)
+    return {"reduction": int(gen_cfg.get("reduction", 2)),
+            "lam_concat": bool(gen_cfg.get("lam_concat", False)),
+            "upsample": upsample,
+            "logit_bound": L.generator_logit_bound(gen_cfg, self.block_name)}
 
   def generator_for(self, image_hw):
     """The Mix Block with its scale resolved for ``image_hw`` (auto: as OpenMixup)."""
@@ -115,10 +123,23 @@ class AutoMix(L.LearnedMixingBase):
     """Partner weight ``s`` ``[B, H, W, 1]``."""
     # The Mix Block returns the own weight sigmoid(-z) and its logit -z; the
     # reference's partner weight sigmoid(z) is taken from the logit, exactly.
-    _, own_logits = self.generator_for(image_hw).apply(
+    # A SAMix value net's BatchNorm uses batch statistics; its running
+    # statistics are never read (the reference's Mix Block only runs in train
+    # mode), so the updated `batch_stats` are dropped.
+    (_, own_logits), _ = self.generator_for(image_hw).apply(
         {"params": gen_params}, features, index, lam, image_size=image_hw,
-        return_logits=True)
+        return_logits=True, mutable=["batch_stats"])
     return jax.nn.sigmoid(-own_logits)
+
+  def adjust_classifier_mask(self, s_bb: jax.Array, draws: dict) -> jax.Array:
+    """Hook on the classifier's detached mask before the λ-margin (AutoMix:
+    unchanged; SAMix: ``mask_adjust``)."""
+    del draws
+    return s_bb
+
+  def _preview_masks(self, gen_params, features, perms, lam, image_hw):
+    s = self.mask(gen_params, features, perms[1], lam[0], image_hw)
+    return jnp.concatenate([1.0 - s, s], axis=-1)   # [own weight, partner's]
 
   @staticmethod
   def mix(images, s, index):
@@ -147,6 +168,7 @@ class AutoMix(L.LearnedMixingBase):
     s_bb = jax.lax.stop_gradient(
         self.mask(state.params["generator"], features, d["perm_bb"], lam_bb,
                   image_hw))
+    s_bb = self.adjust_classifier_mask(s_bb, d)
     fire = self.margin_fires(lam_bb)
     s_bb = jnp.where(fire, (1.0 - lam_bb).astype(s_bb.dtype), s_bb)
     return {
@@ -171,11 +193,8 @@ class AutoMix(L.LearnedMixingBase):
     x_mb = self.mix(images, s_mb, ctx["perm_mb"])
     p_out, t_stats2 = self.teacher_apply(state.ema_params, ctx["teacher_stats"],
                                          x_mb, k_t2)
-    ce_teacher = L.soft_ce(p_out["logits"]["mix"], ctx["y_mb"])
-    mask_mean = jnp.mean(s_mb)
-    mask_l1 = jnp.maximum(
-        jnp.abs((1.0 - ctx["lam_mb"]) - mask_mean) - self.mask_loss_margin, 0.0)
-    loss_gen = ce_teacher + ctx["mask_w"] * mask_l1
+    loss_gen, gen_metrics = self.generator_loss(p_out["logits"]["mix"], s_mb,
+                                                ctx)
     # Classifier: separate train-mode passes (BN batch statistics differ per
     # sample, so one concatenated pass would change the result), in the
     # reference's order (forward_q): the clean batch first, then the mixed
@@ -190,10 +209,35 @@ class AutoMix(L.LearnedMixingBase):
     loss_cls = ce_mix + ce_one
     aux = {"stats": stats, "teacher_stats": t_stats2, "x_mb": x_mb, "s_mb": s_mb,
            "metrics": {"loss_classifier": loss_cls, "loss_generator": loss_gen,
-                       "ce_mix": ce_mix, "ce_one": ce_one,
-                       "ce_teacher_mix": ce_teacher, "mask_loss": mask_l1,
-                       "mask_mean": mask_mean, **extra}}
+                       "ce_mix": ce_mix, "ce_one": ce_one, **gen_metrics, **extra,
+                       # Own weight 1 - s and partner weight s, label
+                       # weights λ_mb and 1 - λ_mb.
+                       **L.mask_metrics(
+                           jnp.concatenate([1.0 - s_mb, s_mb], axis=-1),
+                           jnp.stack([ctx["lam_mb"], 1.0 - ctx["lam_mb"]]))}}
     return loss_cls, loss_gen, aux
+
+  def bounded_l1(self, s: jax.Array, lam: jax.Array) -> jax.Array:
+    """``max(|(1 - λ) - mean(s)| - margin, 0)``, the mean over batch and pixels
+    (the reference's ``mask_loss_mode="L1"``)."""
+    return jnp.maximum(
+        jnp.abs((1.0 - lam) - jnp.mean(s)) - self.mask_loss_margin, 0.0)
+
+  def generator_loss(self, teacher_logits: jax.Array, s_mb: jax.Array,
+                     ctx: dict) -> tuple[jax.Array, dict]:
+    """``CE(p_mb, ỹ_mb) + w_mask · L1(s_mb)`` and its metrics.
+
+    Args:
+      teacher_logits: ``[B, K]`` the teacher's head-``mix`` logits on
+        ``x̃_mb``.
+      s_mb: ``[B, H, W, 1]`` the generator's partner weight.
+      ctx: :meth:`prepare`'s dict (``y_mb``, ``lam_mb``, ``mask_w``).
+    """
+    ce_teacher = L.soft_ce(teacher_logits, ctx["y_mb"])
+    mask_l1 = self.bounded_l1(s_mb, ctx["lam_mb"])
+    return ce_teacher + ctx["mask_w"] * mask_l1, {
+        "ce_teacher_mix": ce_teacher, "mask_loss": mask_l1,
+        "mask_mean": jnp.mean(s_mb)}
 
   def train_step(self, state, batch, key):
     """One AutoMix iteration; ``batch``: image ``[B, H, W, C]``, label ``[B]``.

@@ -14,10 +14,12 @@ evals, loop) on top of a pluggable *method* (``automix_jax.train.methods``):
   always resumes from ``workdir`` first. A state is saved only after every step
   since the previous check was verified finite.
 * evals: top-1/top-5 of every ``method.eval_variants`` entry on the test split
-  every ``eval_every_epochs``; ECE and FGSM (``automix_jax.evaluators``) of the
+  every ``eval_every_epochs`` and after each of the last ``report_last_epochs``
+  epochs (``eval_due``); ECE and FGSM (``automix_jax.evaluators``) of the
   reported variant at the end.
 * reporting: the headline number is the median top-1 of the reported variant
-  over the last ``report_last_epochs`` evaluations (OpenMixup / AdAutoMix).
+  over the last ``report_last_epochs`` evaluations (OpenMixup / AdAutoMix),
+  i.e. over the last ``report_last_epochs`` epochs, each one evaluated.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import numpy as np
 
 from automix_jax import metrics as metrics_lib
 from automix_jax import sharding
+from automix_jax.train import accumulate
+from automix_jax.train import init_from
+from automix_jax.train import mask_images
 from automix_jax.train import methods
 
 SUMMARY_FILE = metrics_lib.SUMMARY_FILE
@@ -78,13 +83,16 @@ def check_config(config: Any, *, files: bool = True) -> None:
   if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
     raise ValueError(f"`config.stop_after_steps` must be an int >= 0; got "
                      f"{stop!r}.")
+  _check_logging(config)
   every = config.checkpoint.every_steps
   if isinstance(every, bool) or not isinstance(every, int) or every < 0:
     raise ValueError(f"`config.checkpoint.every_steps` must be an int >= 0 "
                      f"(0: only at the end); got {every!r}.")
+  accumulate.check_config(config)
   method = methods.get(config.method)  # unknown / unavailable -> ValueError
   if hasattr(method, "check_config"):
     method.check_config(config)
+  init_from.check_config(config, files=files)
   data = config.data
   from automix_jax import data as data_lib
   try:  # the input pipeline's keys (augment, image_size, crop_pct, ...)
@@ -100,10 +108,28 @@ def check_config(config: Any, *, files: bool = True) -> None:
           "--config.data.archive_path=path/to/cifar10-jpeg.tar.gz.")
 
 
+def _check_logging(config: Any) -> None:
+  """``tensorboard`` a bool; ``log_images_every_steps`` an int >= 0, > 0 only
+  for a method with learned masks."""
+  tb = config.get("tensorboard", True)
+  if not isinstance(tb, bool):
+    raise ValueError(f"`config.tensorboard` must be True or False; got {tb!r}.")
+  every = config.get("log_images_every_steps", 0)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    raise ValueError(f"`config.log_images_every_steps` must be an int >= 0 "
+                     f"(0: off); got {every!r}.")
+  if every and not hasattr(methods.get(config.method), "preview_masks"):
+    raise ValueError(
+        f"`config.log_images_every_steps`={every}: method "
+        f"{config.method!r} has no learned masks to draw (automix and "
+        "adautomix do); set it to 0.")
+
+
 def validate_config(config: Any, mesh: jax.sharding.Mesh) -> None:
   """``check_config`` plus the batch size against the mesh and processes."""
   check_config(config)
   sharding.check_batch_divisible(config.batch_size, mesh, what="batch_size")
+  accumulate.check_config(config, mesh=mesh)
   if config.batch_size % jax.process_count():
     raise ValueError(
         f"`batch_size` {config.batch_size} is not divisible by the "
@@ -182,6 +208,19 @@ class _Evaluator:
     return result
 
 
+def eval_due(epoch: int, *, num_epochs: int, every: int, last: int) -> bool:
+  """Whether the loop evaluates after (1-based) epoch ``epoch``.
+
+  Every ``every`` epochs (``config.eval_every_epochs``), and after every one of
+  the last ``last`` epochs (``config.report_last_epochs``), the final epoch
+  included: the reported number is the median over the last ``last`` *epochs*
+  (OpenMixup / AdAutoMix), so a sparse schedule that saves evaluation time in
+  the middle of a run must still evaluate each epoch of that window. E.g.
+  ``num_epochs=20, every=5, last=3`` -> epochs 5, 10, 15, 18, 19, 20.
+  """
+  return epoch % every == 0 or epoch > num_epochs - last  # last >= 1
+
+
 # ---------------------------------------------------------------------------
 # Summary.
 # ---------------------------------------------------------------------------
@@ -217,6 +256,7 @@ def summarize(history: list[dict], *, reported_variant: str,
       "reported_rule": (f"median top-1 of {reported_variant!r} over the last "
                         f"{len(last)} evaluation(s) (report_last_epochs="
                         f"{report_last})"),
+      "reported_epochs": [h["epoch"] for h in last],
       "variants": variants,
   }
 
@@ -227,10 +267,13 @@ def summarize(history: list[dict], *, reported_variant: str,
 
 
 # Keys that may change between a run and its resumption: they do not change
-# what is computed (logging, paths, when to stop or checkpoint, final evals).
+# what is computed (logging, paths, when to stop or checkpoint, final evals;
+# init_from only acts on a fresh state; extend only permits a longer run).
 _RESUME_FREE_KEYS = ("stop_after_steps", "progress_bar", "log_every_steps",
+                     "tensorboard", "log_images_every_steps",
                      "eval_batch_size", "checkpoint", "final_evals",
-                     "data.archive_path", "data.cache_dir", "data.tfds_data_dir")
+                     "data.archive_path", "data.cache_dir", "data.tfds_data_dir",
+                     "init_from", "extend")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -251,24 +294,53 @@ def resume_fingerprint(config: Any) -> dict:
           if not any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)}
 
 
-def check_resumable(saved: dict | None, config: Any, workdir: str) -> None:
+def check_resumable(saved: dict | None, config: Any, workdir: str
+                    ) -> int | None:
   """Refuses to resume a checkpoint that was written under another config.
 
   A silent resume would continue, say, a 3-epoch schedule as an 8-epoch one and
-  mix two runs' histories. Raises ValueError naming the differing keys.
+  mix two runs' histories. The one allowed change is an explicit extension:
+  ``config.extend=True`` with a larger ``num_epochs`` and nothing else changed
+  (docs/training.md, "Extending a run").
+
+  Returns:
+    The checkpoint's ``num_epochs`` when this is such an extension, else None.
+
+  Raises:
+    ValueError: naming the differing keys (and ``--config.extend=True`` when
+      ``num_epochs`` grew).
   """
   if saved is None:
-    return
+    return None
   now = resume_fingerprint(config)
-  keys = sorted(set(saved) | set(now))
+  keys = [k for k in sorted(set(saved) | set(now))
+          if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+  if not keys:
+    return None
+  old, new = saved.get("num_epochs"), now.get("num_epochs")
+  grows = isinstance(old, int) and isinstance(new, int) and new > old
+  extend = bool(config.get("extend", False))
+  if keys == ["num_epochs"] and grows and extend:
+    return old
   diff = [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
-          for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
-  if diff:
-    raise ValueError(
-        f"workdir {workdir!r} holds a checkpoint of a different config; "
-        f"refusing to resume it. Differences (checkpoint -> now): "
-        f"{'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''}. Use a new "
-        "--workdir, or the original config.")
+          for k in keys]
+  if "num_epochs" in keys and not grows:
+    hint = (" num_epochs may only grow (--config.extend=True continues a run "
+            "to more epochs).")
+  elif "num_epochs" in keys and not extend:
+    hint = (f" To continue this run from {old} to {new} epochs, add "
+            "--config.extend=True (the learning-rate and EMA schedules are "
+            "re-evaluated for the new length; docs/training.md).")
+  elif "num_epochs" in keys:
+    hint = (" --config.extend=True allows num_epochs alone to change; "
+            "restore the other keys.")
+  else:
+    hint = ""
+  raise ValueError(
+      f"workdir {workdir!r} holds a checkpoint of a different config; "
+      f"refusing to resume it. Differences (checkpoint -> now): "
+      f"{'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''}.{hint} Use "
+      "a new --workdir, or the original config.")
 
 
 def check_same_data(saved: str | None, now: str, workdir: str) -> None:
@@ -438,13 +510,17 @@ class _Trainer:
                                 batch_size=run.eval_batch_size, mesh=mesh,
                                 data_config=config.data,
                                 num_bins=config.final_evals.ece_bins)
-    self.writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_chief)
+    self.writer = None  # opened in init_or_restore (a resume purges steps)
+    self.mask_images = mask_images.MaskImages.from_config(
+        config, method, data.test_source, mesh)
     self.preemption = multihost.PreemptionWatcher()
     self.state = None
     self.history: list[dict] = []
+    self.extensions: list[dict] = []  # {"step", "from_epochs", "to_epochs"}
     self.step = self.first_step = 0
     self.preempted = False
     self.train_time = self.eval_time = 0.0
+    self.eval_seconds: list[dict] = []
     self.throughput = metrics_lib.Throughput(config.batch_size)
     self.progress = None
     self._pending: list[tuple[int, dict]] = []
@@ -455,10 +531,18 @@ class _Trainer:
   def init_or_restore(self) -> None:
     restored = self.ckpt.restore_latest(self.abstract_state)
     if restored is None:
-      self.state = self.init_fn(self.init_key)
+      self.state = init_from.maybe_apply(self.init_fn(self.init_key),
+                                         self.config)
     else:
       step, self.state, extra = restored
-      check_resumable(extra.get("config"), self.config, str(self.run.workdir))
+      extended_from = check_resumable(extra.get("config"), self.config,
+                                      str(self.run.workdir))
+      self.extensions = list(extra.get("extensions", []))
+      if extended_from is not None:
+        self.extensions.append({"step": step, "from_epochs": extended_from,
+                                "to_epochs": int(self.config.num_epochs)})
+        logging.warning("Extending the run from %d to %d epochs at step %d.",
+                        extended_from, self.config.num_epochs, step)
       check_same_data(extra.get("data_fingerprint"), self.data.fingerprint,
                       str(self.run.workdir))
       self.data.train_iter.set_state(extra["data"])
@@ -466,6 +550,10 @@ class _Trainer:
       self._last_saved = step
       logging.info("Resumed from step %d.", step)
     self.step = self.first_step = int(jax.device_get(self.state.step))
+    self.writer = metrics_lib.MetricWriter(
+        self.run.workdir, enabled=self.run.is_chief,
+        tensorboard=self.config.get("tensorboard", True),
+        purge_step=self.first_step or None)
 
   def stop_step(self) -> int:
     """The step this invocation trains to (``stop_after_steps`` or the end)."""
@@ -508,7 +596,8 @@ class _Trainer:
         self.step, self.state,
         {"data": self.data.train_iter.get_state(), "history": self.history,
          "config": resume_fingerprint(self.config),
-         "data_fingerprint": self.data.fingerprint}, force=True)
+         "data_fingerprint": self.data.fingerprint,
+         "extensions": self.extensions}, force=True)
     if saved:
       self._last_saved = self.step
     self.throughput.start(self.step)  # the save's time is not training time
@@ -560,13 +649,25 @@ class _Trainer:
   def evaluate(self, epoch: int) -> None:
     t_eval = time.time()
     res = self.evaluator.run(self.state)
-    self.eval_time += time.time() - t_eval
+    seconds = time.time() - t_eval
+    self.eval_time += seconds
+    # Kept out of `history`: a resumed run's history must equal an
+    # uninterrupted one's, timings never do.
+    self.eval_seconds.append({"epoch": epoch, "seconds": seconds})
     self.history.append({"epoch": epoch, "step": self.step, "variants": res})
     self.writer.write(self.step, {f"eval/{n}/{k}": v for n, r in res.items()
                                   for k, v in r.items()} | {
-                                      "epoch": float(epoch)})
+                                      "epoch": float(epoch),
+                                      "eval/seconds": seconds})
     logging.info("epoch %d: %s", epoch, res)
     self.throughput.start(self.step)  # the eval's time is not training time
+
+  def log_mask_images(self) -> None:
+    """The generator's masks on the fixed preview batch, to TensorBoard."""
+    self.flush()  # closes the throughput window before the preview's time
+    self.writer.write_images(self.step, self.mask_images.render(
+        self.state, title=f"{self.config.method}, step {self.step}"))
+    self.throughput.start(self.step)
 
   # -- loop -------------------------------------------------------------------
 
@@ -595,9 +696,12 @@ class _Trainer:
         if (self.step % config.log_every_steps == 0 or end_of_epoch
             or self.step == stop_at):
           self.flush()
+        if self.mask_images is not None and self.mask_images.due(self.step):
+          self.log_mask_images()
         epoch = self.step // spe
-        if end_of_epoch and (epoch % config.eval_every_epochs == 0
-                             or self.step == total):
+        if end_of_epoch and eval_due(
+            epoch, num_epochs=config.num_epochs,
+            every=config.eval_every_epochs, last=config.report_last_epochs):
           self.evaluate(epoch)
         # After the epoch's eval, so that a resumed run keeps it in `history`.
         if self.preemption.reached(self.step) and self.step < stop_at:
@@ -621,7 +725,8 @@ class _Trainer:
     self.preemption.close()
     self.data.train_iter.close()
     self.ckpt.close()  # waits for the asynchronous writes
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
   # -- summary ----------------------------------------------------------------
 
@@ -645,6 +750,13 @@ class _Trainer:
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": self.step / data.steps_per_epoch,
         "train_time_s": self.train_time, "eval_time_s": self.eval_time,
+        # This invocation's evaluations (the first one compiles the eval
+        # programs) and its train seconds per epoch (without evaluations; the
+        # step's compilation and checkpoint writes included).
+        "eval_seconds": self.eval_seconds,
+        "train_seconds_per_epoch": (
+            self.train_time * data.steps_per_epoch
+            / max(self.step - self.first_step, 1)),
         # Completed computation between host syncs, without compilation,
         # evaluations and checkpoints: the progress bar's last figure.
         "train_images_per_s": self.throughput.images_per_s,
@@ -658,6 +770,8 @@ class _Trainer:
         "workdir": str(self.run.workdir),
         "resumed_from_step": self.first_step or None,
     })
+    if self.extensions:
+      summary["extensions"] = self.extensions
     return summary
 
 

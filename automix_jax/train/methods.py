@@ -14,6 +14,7 @@ _METHODS = {
     "static": "automix_jax.train.static:StaticMixing",
     "automix": "automix_jax.train.automix:AutoMix",
     "adautomix": "automix_jax.train.adautomix:AdAutoMix",
+    "samix": "automix_jax.train.samix:SAMix",
 }
 
 

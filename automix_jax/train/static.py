@@ -27,10 +27,12 @@ import jax.numpy as jnp
 import optax
 
 from automix_jax import mixers
+from automix_jax.train import accumulate
 from automix_jax.train import ema as ema_lib
 from automix_jax.train import losses
 from automix_jax.train import optim
 from automix_jax.train import state as state_lib
+from automix_jax.train import sumix
 
 
 def _cfg_dict(x: Any) -> dict:
@@ -366,6 +368,21 @@ class StaticMixing:
   e.g. TransMix on a ResNet.
 
   A model-aware mixer inside ``config.switch`` is refused.
+
+  ``config.label_mix`` (``automix_jax/train/sumix.py``): ``"sumix"`` adds the
+  model head ``"uncertain"`` and a differentiated clean-batch forward; the
+  loss is SUMix's (per-sample corrected targets + uncertainty term) from the
+  clean and mixed outputs and the mixer's ``lam`` / ``index`` (two-image
+  mixers, any of them, also a switch or a model-aware mixer).
+
+  ``config.grad_accum_steps`` = k > 1: the batch is mixed whole, then its
+  gradient is accumulated over k micro-batches (``train.accumulate``); the
+  "forward" EMA statistics use the same micro-batches. Not with a
+  ``feature_mix`` or ``relabel`` mixer, ``config.loss.smmix`` or
+  ``config.label_mix`` (refused: they act on the whole batch at once).
+  ``config.label_mix`` is refused with a ``relabel`` mixer and with
+  ``config.loss.smmix``, whose targets or loss terms replace the λ targets
+  SUMix corrects.
   """
 
   reported_variant: str
@@ -379,6 +396,31 @@ class StaticMixing:
     _config_mixer(config)
     _check_model_needs(config)
     _smmix_loss(config)
+    label_mix = sumix.from_config(config)
+    if accumulate.steps_of(config) > 1 and (
+        label_mix is not None or "feature_mix" in model_needs(config)):
+      raise ValueError(
+          "`config.grad_accum_steps` > 1 does not combine with a feature-mixing "
+          "mixer (`config.mixer`) or `config.label_mix`: both act on the whole "
+          "batch in one forward; use grad_accum_steps=1.")
+    if label_mix is not None and losses.decouple_from_config(
+        config.get("loss", None)) is not None:
+      raise ValueError(
+          "`config.label_mix` (SUMix) replaces the classification loss, so it "
+          "does not combine with `config.loss.decouple` (DecoupleMix); enable "
+          "one of them.")
+    if accumulate.steps_of(config) > 1 and (
+        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+      raise ValueError(
+          "`config.grad_accum_steps` > 1 does not combine with a relabelling "
+          "mixer (`config.mixer`: its targets come from the whole batch's "
+          "forward pass) or `config.loss.smmix`; use grad_accum_steps=1.")
+    if label_mix is not None and (
+        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+      raise ValueError(
+          "`config.label_mix` (SUMix) corrects the mixer's λ targets, so it "
+          "does not combine with a relabelling mixer (`config.mixer`) or "
+          "`config.loss.smmix`, whose targets or loss terms replace them.")
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -390,7 +432,10 @@ class StaticMixing:
     self.steps_per_epoch = int(steps_per_epoch)
     self.total_steps = self.steps_per_epoch * int(config.num_epochs)
     self.mesh = mesh
-    self.model = build_model(config, num_classes)
+    # A label/loss wrapper (config.label_mix, SUMix) may add a model head.
+    self.label_mix = sumix.from_config(config)
+    self.model = build_model(config, num_classes, heads=("one",) + (
+        self.label_mix.heads if self.label_mix is not None else ()))
     self.mixer = build_mixer(config, mesh, self.model)
     self.needs = model_needs(config)
     if "feature_mix" in self.needs:
@@ -404,6 +449,7 @@ class StaticMixing:
         ("token_attention",) if "token_attention" in self.needs else ()
     ) + self.relabel_outputs
     self.bn_groups = bn_groups(config, mesh)
+    self.grad_accum_steps = accumulate.steps_of(config)
     self.tx, self.lr_fn = optim.make_optimizer(
         config.optimizer, steps_per_epoch=self.steps_per_epoch,
         num_epochs=int(config.num_epochs))
@@ -487,26 +533,45 @@ class StaticMixing:
 
     own_targets = targets  # unmixed (SMMix's fine-grained terms)
 
-    def loss_fn(params):
-      out, batch_stats = train_apply(
-          self.model, {"params": params, "batch_stats": start_stats},
-          mixed, rngs={"dropout": k_drop}, groups=self.bn_groups,
-          **model_kwargs)
-      targets, step_aux = mixed_targets, aux
+    def loss_fn(params, batch_stats, inputs, key):
+      x, y, int_labels = inputs
+      stats = batch_stats
+      if self.label_mix is not None:
+        # SUMix: a differentiated train-mode forward of the clean batch
+        # first, whose running statistics the mixed forward continues from
+        # (the reference's order).
+        clean_out, stats = train_apply(
+            self.model, {"params": params, "batch_stats": stats}, images,
+            rngs={"dropout": jax.random.fold_in(key, 1)},
+            groups=self.bn_groups)
+      out, stats = train_apply(
+          self.model, {"params": params, "batch_stats": stats}, x,
+          rngs={"dropout": key}, groups=self.bn_groups, **model_kwargs)
+      if self.label_mix is not None:
+        loss, extra = self.label_mix.loss(clean_out, out, labels, targets, aux)
+        return loss, (stats, extra)
+      extra, step_aux = {}, aux
       if relabel is not None:
         # Labels are data: no gradient flows through the attention into them.
-        targets, step_aux = relabel(jax.lax.stop_gradient(out))
+        y, step_aux = relabel(jax.lax.stop_gradient(out))
+        extra["lam_mean"] = jnp.mean(step_aux["lam"])
       loss, reg = losses.mixed_cross_entropy(
-          out["logits"]["one"], targets, labels, decouple=self.decouple,
+          out["logits"]["one"], y, int_labels, decouple=self.decouple,
           smoothing=self.label_smoothing)
-      terms = {}
+      if self.decouple is not None:
+        extra["decouple_reg"] = reg
       if self.smmix_loss is not None:
         loss, terms = self._smmix_terms(loss, out, params, own_targets,
                                         step_aux, clean)
-      return loss, (batch_stats, reg, step_aux, terms)
+        extra.update(terms)
+      return loss, (stats, extra)
 
-    (loss, (batch_stats, reg, aux, terms)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    # grad_accum_steps > 1: the mixed batch in micro-batches (accumulate.py;
+    # check_config refuses it with SUMix, feature mixing, relabelling and the
+    # SMMix loss, which act on the whole batch at once).
+    (loss, (batch_stats, extra)), grads = accumulate.value_and_grad(
+        loss_fn, state.params, start_stats, (mixed, mixed_targets, labels),
+        k_drop, steps=self.grad_accum_steps)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -516,10 +581,8 @@ class StaticMixing:
         "lr": self.lr_fn(state.step),
         "lam_mean": jnp.mean(aux["lam"]),
         "finite": jnp.logical_and(all_finite(grads), jnp.isfinite(loss)),
+        **extra,
     }
-    if self.decouple is not None:
-      metrics["decouple_reg"] = reg
-    metrics.update(terms)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if self.use_ema:
       # m(t) of the iteration just taken (t = state.step before increment).
@@ -528,11 +591,12 @@ class StaticMixing:
       if self.ema_stats_rule == "copy":
         ema_batch_stats = batch_stats
       else:  # "forward": the EMA model's own running statistics.
-        _, ema_batch_stats = train_apply(
-            self.model,
-            {"params": ema_params, "batch_stats": state.ema_batch_stats},
-            images, rngs={"dropout": jax.random.fold_in(step_key, 2)},
-            groups=self.bn_groups)
+        ema_batch_stats = accumulate.running_stats(
+            lambda stats, x, k: train_apply(
+                self.model, {"params": ema_params, "batch_stats": stats}, x,
+                rngs={"dropout": k}, groups=self.bn_groups)[1],
+            state.ema_batch_stats, images, jax.random.fold_in(step_key, 2),
+            steps=self.grad_accum_steps)
       metrics["ema_momentum"] = m
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,

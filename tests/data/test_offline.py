@@ -197,3 +197,17 @@ def test_build_sources_archive_subset(tiny_archive, tmp_path):
   cfg["archive_path"] = str(tmp_path / "missing.tar.gz")
   with pytest.raises(FileNotFoundError, match="data.archive_path"):
     data.build_sources(cfg)
+
+
+def test_distinct_class_indices_round_robin_over_classes():
+  y = np.array([3, 3, 1, 3, 0, 1, 0, 3])
+  np.testing.assert_array_equal(data.distinct_class_indices(y, 3), [0, 2, 4])
+  # Then the second example of each class, in the same class order.
+  np.testing.assert_array_equal(data.distinct_class_indices(y, 6),
+                                [0, 2, 4, 1, 5, 6])
+  np.testing.assert_array_equal(np.sort(data.distinct_class_indices(y, 8)),
+                                np.arange(8))
+  with pytest.raises(ValueError, match="num"):
+    data.distinct_class_indices(y, 9)
+  with pytest.raises(ValueError, match="labels"):
+    data.distinct_class_indices(y.astype(float), 2)

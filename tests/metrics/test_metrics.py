@@ -90,6 +90,64 @@ def test_disabled_writer_writes_nothing(tmp_path):
   assert (tmp_path / "on" / "metrics.jsonl").exists()
 
 
+def test_tensorboard_scalars_are_the_jsonl_values(tmp_path):
+  from tests import _tb_events
+  with metrics.MetricWriter(tmp_path, enabled=True, tensorboard=True) as w:
+    assert w.tensorboard
+    w.write(1, {"train/loss": jnp.float32(2.5), "train/lr": 0.1, "ok": True,
+                "name": "text stays in the JSONL"})
+    w.write(2, {"train/loss": float("nan"), "eval/ema_one/top1": 81.25})
+    w.write(3, {"final/fgsm_top1": np.float64(12.5), "count": 7})
+  got = _tb_events.scalars(tmp_path)
+  assert sorted(got) == ["count", "eval/ema_one/top1", "final/fgsm_top1",
+                         "ok", "train/loss", "train/lr"]
+  assert got["train/loss"][0] == (1, 2.5) and got["train/loss"][1][0] == 2
+  assert np.isnan(got["train/loss"][1][1])
+  assert got["train/lr"] == [(1, np.float32(0.1))]
+  assert got["ok"] == [(1, 1.0)] and got["count"] == [(3, 7.0)]
+  assert got["final/fgsm_top1"] == [(3, 12.5)]
+  assert len(_tb_events.event_files(tmp_path)) == 1
+
+
+def test_tensorboard_images_and_what_opens_no_event_file(tmp_path):
+  from tests import _tb_events
+  img = np.zeros((6, 5, 4), np.uint8)
+  img[..., 0] = 255
+  with metrics.MetricWriter(tmp_path / "on", enabled=True,
+                            tensorboard=True, purge_step=4) as w:
+    w.write_images(4, {"masks": img})
+    for bad in ({"masks": img.astype(np.float32)}, {"masks": img[..., :2]},
+                {"masks": img[0]}, {1: img}, [img]):
+      with pytest.raises(ValueError, match="images"):
+        w.write_images(5, bad)
+  (step, h, w_, png), = _tb_events.images(tmp_path / "on")["masks"]
+  assert (step, h, w_) == (4, 6, 5) and png.startswith(b"\x89PNG")
+  events = _tb_events.read_events(_tb_events.event_files(tmp_path / "on")[0])
+  assert [e.step for e in events if e.HasField("session_log")] == [4]
+  # A writer that writes nothing, one without tensorboard and a disabled
+  # one leave no event file.
+  metrics.MetricWriter(tmp_path / "idle", enabled=True,
+                       tensorboard=True).close()
+  with metrics.MetricWriter(tmp_path / "jsonl", enabled=True) as w:
+    w.write(1, {"a": 1.0})
+    w.write_images(1, {"masks": img})
+  with metrics.MetricWriter(tmp_path / "off", enabled=False,
+                            tensorboard=True) as w:
+    w.write(1, {"a": 1.0})
+    w.write_images(1, {"masks": img})
+  for d in ("idle", "jsonl", "off"):
+    assert _tb_events.event_files(tmp_path / d) == [], d
+
+
+def test_figure_to_rgb():
+  from matplotlib import figure
+  fig = figure.Figure(figsize=(2, 1), dpi=50)
+  fig.patch.set_facecolor((1.0, 0.0, 0.0))
+  rgb = metrics.figure_to_rgb(fig)
+  assert rgb.shape == (50, 100, 3) and rgb.dtype == np.uint8
+  assert (rgb == [255, 0, 0]).all()
+
+
 def test_write_summary_atomic(tmp_path):
   with metrics.MetricWriter(tmp_path, enabled=True) as w:
     w.write_summary({"reported_top1": np.float32(81.5), "hist": jnp.arange(3),
@@ -212,3 +270,57 @@ def test_plot_run_malformed_lines(tmp_path):
     f.write('\n{"step": 10}\n')               # now a malformed middle line
   with pytest.raises(ValueError, match=r"metrics.jsonl:7"):
     plot_run.load_metrics(str(tmp_path / "r"))
+
+
+def _write_lines(run_dir, lines):
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, metrics.METRICS_FILE), "w") as f:
+    f.write("".join(json.dumps(l) + "\n" for l in lines))
+
+
+def _line_of(ax, label):
+  lines = [l for l in ax.lines if l.get_label() == label]
+  assert len(lines) == 1, [l.get_label() for l in ax.lines]
+  return lines[0]
+
+
+def test_plot_run_loss_panel_is_the_classifier_loss(tmp_path):
+  """AdAutoMix logs train/loss = classifier + generator loss; the panel shows
+  its classifier loss, and a static run's train/loss."""
+  plot_run = _plot_module()
+  cls, gen = [2.0, 1.5, 1.2], [0.9, -0.4, 0.8]
+  _write_lines(tmp_path / "adautomix", [
+      {"step": s + 1, "train/loss": c + g, "train/loss_classifier": c,
+       "train/loss_generator": g, "train/lr": 0.1}
+      for s, (c, g) in enumerate(zip(cls, gen))])
+  _write_lines(tmp_path / "mixup", [
+      {"step": s + 1, "train/loss": 1.0 / (s + 1), "train/lr": 0.1}
+      for s in range(3)])
+  fig = plot_run.make_figure([str(tmp_path / "adautomix"),
+                              str(tmp_path / "mixup")])
+  ax_loss = fig.axes[0]
+  learned = _line_of(ax_loss, "adautomix (classifier loss)")
+  np.testing.assert_array_equal(learned.get_ydata(), cls)
+  np.testing.assert_array_equal(_line_of(ax_loss, "mixup").get_ydata(),
+                                [1.0, 0.5, 1.0 / 3])
+  assert "classifier" in ax_loss.get_title()
+  plot_run.plt.close(fig)
+
+
+def test_plot_run_one_point_series_has_a_visible_marker(tmp_path):
+  plot_run = _plot_module()
+  _write_lines(tmp_path / "short", [
+      {"step": 5, "train/loss": 2.0, "train/lr": 0.1, "epoch": 1.0},
+      {"step": 5, "epoch": 1.0, "eval/online_one/top1": 12.0}])
+  _write_lines(tmp_path / "long", [
+      {"step": s, "train/loss": 2.0, "train/lr": 0.1} for s in (1, 2)])
+  fig = plot_run.make_figure([str(tmp_path / "short"), str(tmp_path / "long")])
+  ax_loss, ax_top1, ax_lr = fig.axes
+  for ax, label in ((ax_loss, "short"), (ax_lr, "short"),
+                    (ax_top1, "short: online_one")):
+    line = _line_of(ax, label)
+    assert len(line.get_xdata()) == 1
+    assert line.get_marker() == "o" and line.get_markersize() >= 5, label
+  # Longer series stay plain lines.
+  assert _line_of(ax_loss, "long").get_marker() in ("None", None, "")
+  plot_run.plt.close(fig)

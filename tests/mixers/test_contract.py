@@ -29,10 +29,16 @@ def _hparams(name):
   return {}
 
 
-# Static mixers: model-aware ones (mixers.needs) take model inputs or return
-# a feature_mix function; tests/train/test_model_aware.py and their own files
-# check them.
-MIXERS = [n for n in mixers.names() if n != "none" and not mixers.needs(n)]
+# Static mixers, and model-aware ones that need only a saliency map (given by
+# _model_inputs). Those needing a CAM or returning a feature_mix function are
+# checked by tests/train/test_model_aware.py and their own files.
+# PuzzleMix and Co-Mixup need square images divisible by their block grids
+# and are slow at any size: tests/mixers/test_puzzle_comix.py covers this
+# contract for them (provenance, labels, jit once, sharding, refusals).
+OWN_CONTRACT_TESTS = ("puzzlemix", "comixup")
+MIXERS = [n for n in mixers.names()
+          if n != "none" and set(mixers.needs(n)) <= {"saliency"}
+          and n not in OWN_CONTRACT_TESTS]
 # ResizeMix pastes a *resized* partner, so its pixels are not
 # mask * x + (1 - mask) * x[index]; its own test checks provenance.
 NO_PIXEL_PROVENANCE = {"resizemix"}
@@ -45,8 +51,17 @@ def _batch(dtype=jnp.float32):
   return images, labels
 
 
+def _model_inputs(name, b=B):
+  """Per-call model inputs of a model-aware mixer (``mixers.needs``)."""
+  inputs = {}
+  if "saliency" in mixers.needs(name):
+    inputs["saliency"] = jax.random.uniform(jax.random.key(8), (b, H, W)) ** 4
+  return inputs
+
+
 def _call(name, key, images, labels):
-  return mixers.get(name, **_hparams(name))(key, images, labels)
+  return mixers.get(name, **_hparams(name))(key, images, labels,
+                                            **_model_inputs(name))
 
 
 def _expected_labels(labels, aux):
@@ -152,6 +167,7 @@ def test_per_device_equals_mixer_applied_shard_by_shard(name):
     batch_inputs = {"scores": jax.random.uniform(
         jax.random.key(7), (n_dev * per_shard, 4, 4))}
     hp = {}
+  batch_inputs.update(_model_inputs(name, n_dev * per_shard))
   mixer = mixers.get(name, **hp)
   key = jax.random.key(11)
   mixed, mixed_labels, aux = jax.jit(mixers.per_device(mixer, mesh))(

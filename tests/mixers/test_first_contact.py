@@ -16,7 +16,15 @@ from automix_jax import generators
 from automix_jax import mixers
 
 B, H, W, C, K = 4, 8, 8, 3, 5
-MIXERS = [n for n in mixers.names() if n != "none" and not mixers.needs(n)]
+# Static mixers, and model-aware ones that need only a saliency map (given by
+# _hparams); those needing a CAM or mixing features have their own tests.
+# PuzzleMix and Co-Mixup need square images divisible by their block grids
+# and are slow at any size: tests/mixers/test_puzzle_comix.py covers this
+# contract for them (provenance, labels, jit once, sharding, refusals).
+OWN_CONTRACT_TESTS = ("puzzlemix", "comixup")
+MIXERS = [n for n in mixers.names()
+          if n != "none" and set(mixers.needs(n)) <= {"saliency"}
+          and n not in OWN_CONTRACT_TESTS]
 
 
 def _batch(b=B, h=H, w=W, c=C, seed=0):
@@ -77,17 +85,20 @@ def test_traced_lam_and_index_out_of_range_fail_checkify():
 # ----------------------------------------------------------------------------
 
 
-def _hparams(name, b=B):
+def _hparams(name, b=B, h=H, w=W):
+  """Per-call arrays: attentive scores, model inputs (``mixers.needs``)."""
   if name == "attentivemix":
     return {"scores": jax.random.uniform(jax.random.key(7), (b, 4, 4))}
-  return {}
+  if name in mixers.names() and "saliency" in mixers.needs(name):
+    return {"saliency": jax.random.uniform(jax.random.key(8), (b, h, w))}
+  return {}  # also "Mixup" and "switch", which are not registered names
 
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_nchw_is_refused_or_mixed_over_height_and_width(name):
   x, y = _batch()
   x_nchw = jnp.moveaxis(x, -1, 1)                 # [B, 3, 8, 8]
-  fn = mixers.get(name, **_hparams(name))
+  fn = functools.partial(mixers.get(name), **_hparams(name))
   key = jax.random.key(3)
   with pytest.raises(ValueError, match="data_format"):
     fn(key, x_nchw, y)
@@ -138,13 +149,15 @@ def test_shipped_cifar_configs_mix_at_32_px():
   common = pytest.importorskip("configs.common")
   x, y = _batch(h=32, w=32)
   for name, (mixer, kwargs) in common.OPENMIXUP_CIFAR_MIXERS.items():
-    if mixer == "none" or mixers.needs(mixer):  # model-aware: own tests
+    if mixer == "none" or mixer not in MIXERS:  # cam / feature_mix: own tests
       continue
     # A draw of λ = 0.5 (τ = 0.5 for resizemix; smoothmix has no λ) must mix.
     names = mixers.hyperparameter_names(mixer)
     draw = ({"lam": 0.5} if "lam" in names else
             {"tau": 0.5} if "tau" in names else {})
-    _, _, aux = mixers.get(mixer, **kwargs, **draw)(jax.random.key(0), x, y)
+    inputs = _hparams(mixer, *x.shape[:3]) if mixers.needs(mixer) else {}
+    _, _, aux = mixers.get(mixer, **kwargs, **draw)(jax.random.key(0), x, y,
+                                                    **inputs)
     assert (np.asarray(aux["lam"]) < 1).all(), name
 
 

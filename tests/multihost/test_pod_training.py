@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from automix_jax import checkpoint
+from tests import _tb_events
 from tests._tiny_archive import write_tiny_archive
 from tests.multihost import _pod
 
@@ -103,9 +104,12 @@ def test_two_processes_match_one(pod, method):
   assert (s2["num_processes"], s2["num_devices"]) == (2, 8)
   assert (s1["num_processes"], s1["num_devices"]) == (1, 8)
   assert s2["reported_top1"] == s1["reported_top1"]
-  # Only process 0 wrote: one metrics line per step / eval / final line.
+  # Only process 0 wrote: one metrics line per step / eval / final line, and
+  # one TensorBoard event file per run.
   lines = _pod.metrics(two)
   assert len(lines) == len(_pod.metrics(one))
+  assert len(_tb_events.event_files(two)) == 1
+  assert len(_tb_events.event_files(one)) == 1
   log1 = open(two / "pod_logs" / "process_1.log").read()
   assert "process 1/2: 4 local / 8 global cpu devices" in log1
   assert '"reported_top1"' not in log1  # the summary is printed by process 0

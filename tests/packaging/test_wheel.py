@@ -96,7 +96,7 @@ def test_mixers_need_only_jax_and_numpy():
       import sys
       BLOCK = ("flax", "optax", "orbax", "tensorflow_datasets", "tensorflow",
                "ml_collections", "absl", "etils", "chex", "PIL", "tqdm",
-               "matplotlib", "torch")
+               "matplotlib", "torch", "tensorboardX")
       class Block:
         def find_spec(self, name, path=None, target=None):
           if name.split(".")[0] in BLOCK:
@@ -124,7 +124,8 @@ def test_core_install_requires_only_jax_and_numpy():
           cfg["options"]["install_requires"].split("\n") if l.strip()]
   assert sorted(core) == ["jax", "numpy"]
   train = cfg["options.extras_require"]["train"]
-  for dep in ("flax", "optax", "orbax-checkpoint", "ml-collections"):
+  for dep in ("flax", "optax", "orbax-checkpoint", "ml-collections",
+              "tensorboardX"):
     assert dep in train
   setup_env = open(os.path.join(ROOT, "scripts", "setup_env.sh")).read()
   assert ".[train,test,peer]" in setup_env

@@ -195,3 +195,77 @@ def test_empty_root_is_a_clear_error(tmp_path, capsys):
                   str(tmp_path / "x.md"), "--no-curves"]) == 2
   assert "holds no runs" in capsys.readouterr().err
   assert not (tmp_path / "x.md").exists()
+
+
+def test_overall_curves_show_a_one_epoch_run(tmp_path):
+  runs = [sr.load_run(write_run(tmp_path, "mixup_seed0", [50.0], [48.0])),
+          sr.load_run(write_run(tmp_path, "cutmix_seed0", [40.0, 45.0],
+                                [41.0, 44.0]))]
+  fig = sr.overall_figure(runs)
+  for ax in fig.axes:
+    one = [l for l in ax.lines if len(l.get_xdata()) == 1]
+    assert len(one) == 1 and one[0].get_marker() == "o"
+    assert one[0].get_markersize() >= 5
+  sr._plot_run().plt.close(fig)
+
+
+def _write_masks(run_dir, saturated, whole, grad):
+  """Appends train/mask_* lines (one per step) to run_dir/metrics.jsonl."""
+  lines = [{"step": 100 + i, "train/loss": 1.0, "train/lr": 0.1,
+            "train/mask_saturated_frac": s, "train/mask_whole_image_frac": w,
+            "train/mask_spatial_std": 0.2, "train/mask_dominance": 0.8,
+            "train/mask_area_lam_gap": 0.1, "train/grad_norm_generator": g}
+           for i, (s, w, g) in enumerate(zip(saturated, whole, grad))]
+  with open(run_dir / "metrics.jsonl", "a") as f:
+    f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def test_mask_verdict_threshold_rule():
+  steps = list(range(20))
+  series = lambda sat, whole, grad: {
+      "mask_saturated_frac": (steps, sat), "mask_whole_image_frac": (
+          steps, whole), "grad_norm_generator": (steps, grad)}
+  # Last 10 % of 20 logged steps = the last 2.
+  ok = sr.mask_verdict(series([0.9] * 18 + [0.5, 0.5], [0.0] * 20,
+                              [1.0] * 20))
+  assert ok["flags"] == [] and ok["last"]["mask_saturated_frac"] == 0.5
+  assert ok["peak"]["mask_saturated_frac"] == 0.9
+  bad = sr.mask_verdict(series([0.0] * 18 + [0.6, 0.6], [0.0] * 18 + [1, 0.2],
+                               [2.0, 2.0] + [1.0] * 16 + [0.01, 0.01]))
+  assert bad["flags"] == ["saturated", "collapsed to whole-image picks",
+                          "generator gradient vanished"]
+  assert bad["grad_ratio"] == pytest.approx(0.005)
+  assert sr.mask_verdict({}) is None
+
+
+def test_report_plots_and_judges_learned_masks(tmp_path):
+  root = tmp_path / "runs"
+  n = 40
+  healthy = write_run(root, "adautomix_seed0", flat(10, 60.0), flat(10, 55.0),
+                      metrics=True)
+  _write_masks(healthy, [0.1] * n, [0.0] * n, [0.5] * n)
+  stuck = write_run(root, "automix_seed0", flat(10, 50.0), flat(10, 45.0),
+                    metrics=True)
+  _write_masks(stuck, [0.2] * 30 + [0.95] * 10, [0.0] * 30 + [0.8] * 10,
+               [1.0] * 30 + [1e-4] * 10)
+  write_run(root, "automix_seed1", flat(10, 50.0), flat(10, 45.0))
+  write_run(root, "mixup_seed0", flat(10, 50.0), flat(10, 45.0), metrics=True)
+  out = tmp_path / "r.md"
+  text = sr.summarize(str(root), str(out), curves_dir=str(tmp_path / "r"),
+                      command="x")
+  assert "## Learned masks during training" in text
+  row = next(l for l in text.splitlines() if l.startswith("| automix_seed0 |")
+             and "saturated" in l)
+  assert "0.950 (0.950)" in row
+  assert ("saturated, collapsed to whole-image picks, generator gradient "
+          "vanished") in row
+  row = next(l for l in text.splitlines()
+             if l.startswith("| adautomix_seed0 |") and "none of these" in l)
+  assert "0.100 (0.100)" in row
+  assert ("By this rule: automix_seed0 (saturated, collapsed to whole-image "
+          "picks, generator gradient vanished).") in text
+  assert "No mask statistics in the metrics of: automix_seed1" in text
+  names = sorted(p.name for p in (tmp_path / "r").iterdir())
+  assert "automix_masks.png" in names and "adautomix_masks.png" in names
+  assert "mixup_masks.png" not in names
+  assert "(r/automix_masks.png)" in text

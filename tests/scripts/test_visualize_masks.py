@@ -56,3 +56,44 @@ def test_bad_shapes_raise():
     vm.mask_statistics(np.zeros((2, 3, 4)), np.zeros(3))
   with pytest.raises(ValueError, match="lam"):
     vm.mask_statistics(np.zeros((2, 3, 4, 4)), np.zeros(2))
+
+
+def test_mask_figure_names_the_own_image_and_carries_a_colour_bar(tmp_path):
+  b, n, hw = 3, 3, 4
+  rng = np.random.default_rng(0)
+  masks = rng.dirichlet(np.ones(n), size=(b, hw, hw)).transpose(0, 3, 1, 2)
+  result = {"sources": rng.normal(size=(b, n, hw, hw, 3)), "masks": masks,
+            "mixed": rng.normal(size=(b, hw, hw, 3)),
+            "lam": np.full(n, 1 / n)}
+  names = ("plane", "car", "bird")
+  path = vm.plot(result, str(tmp_path / "m.png"), mean=(0.5,) * 3,
+                 std=(0.2,) * 3, labels=np.array([2, 0, 1]), class_names=names)
+  assert (tmp_path / "m.png").stat().st_size > 1000
+  from automix_jax.train import mask_images
+  fig = mask_images.mask_figure(result, mean=(0.5,) * 3, std=(0.2,) * 3,
+                                labels=np.array([2, 0, 1]), class_names=names)
+  ax_src, ax_mask, ax_mix, ax_bar = fig.axes
+  assert "own image" in ax_bar.get_ylabel()
+  assert ax_bar.get_ylim() == (0.0, 1.0)
+  heads = [t.get_text() for t in ax_src.get_xticklabels()]
+  assert len(heads) == n and heads[0].startswith("x0: own image")
+  assert [t.get_text() for t in ax_mask.get_xticklabels()][0] == "mask 0 (own)"
+  assert [t.get_text() for t in ax_src.get_yticklabels()] == [
+      "bird", "plane", "car"]
+  im = ax_mask.images[0]
+  assert im.get_cmap().name.startswith("gray") and im.get_clim() == (0.0, 1.0)
+  # The mask panel holds the masks, tile by tile (separators are NaN).
+  tiles = np.asarray(im.get_array().filled(np.nan))
+  step = hw + 2
+  for r in range(b):
+    for i in range(n):
+      np.testing.assert_allclose(
+          tiles[r * step:r * step + hw, i * step:i * step + hw], masks[r, i],
+          rtol=1e-6)
+  assert np.isnan(tiles[hw, 0]) and np.isnan(tiles[0, hw])
+  assert ax_src.images[0].get_array().shape == (b * step, n * step, 3)
+  assert ax_mix.images[0].get_array().shape == (b * step, step, 3)
+  assert "own image" in fig._suptitle.get_text()
+  with pytest.raises(ValueError, match="result"):
+    mask_images.mask_figure({**result, "lam": np.ones(2)}, mean=(0.5,) * 3,
+                            std=(0.2,) * 3)

@@ -24,10 +24,12 @@ CONFIG_FILES = sorted(
 DOCUMENTED_ARGS = {
     "cifar100_resnet18": [
         None, "runlocal", "min_lr=0.05,ema", "mixer=mixup+cutmix",
+        "mixer=cutmix,label_mix=sumix",
         *[f"mixer={m}" for m in common.OPENMIXUP_CIFAR_MIXERS],
         *[f"epochs={e}" for e in (200, 400, 800, 1200)]],
     "cifar10_cpu": [None, "mixer=cutmix,epochs=5,images_per_class=0",
-                    "width=0.25,ema", "mixer=vanilla"],
+                    "width=0.25,ema", "mixer=vanilla",
+                    "mixer=guidedmixup,label_mix=sumix"],
 }
 
 
@@ -103,7 +105,8 @@ def test_tfds_cifar100_family_two_steps_on_mock_data(tmp_path):
   c.model.kwargs = ml_collections.ConfigDict({"stage_sizes": (1, 1, 1, 1)})
   c.batch_size = 8
   c.num_epochs = 2
-  c.eval_every_epochs = 2     # no eval before the stop
+  c.eval_every_epochs = 2     # no eval before the stop (epoch 1 is neither
+  c.report_last_epochs = 1    # on the 2-epoch grid nor in the last epoch)
   c.stop_after_steps = 2
   c.progress_bar = False
   c.lock()

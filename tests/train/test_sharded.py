@@ -51,14 +51,10 @@ def _run(devices, config, batches, key, size=8):
   return losses, jax.device_get(state)
 
 
-def test_8_devices_match_1_device():
-  assert jax.device_count() >= 8, "tests/conftest.py sets 8 CPU devices"
-  config = _config()
-  rng = np.random.default_rng(0)
-  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
-              "label": rng.integers(0, 10, 16).astype(np.int32)}
-             for _ in range(2)]
-  key = jax.random.key(3)
+def assert_one_device_equals_eight(config, batches, key):
+  """Runs ``batches`` on 1 and on 8 devices (highest matmul precision),
+  checks loss, parameters and BatchNorm statistics agree (rtol 1e-5), and
+  returns the two final states ``(state1, state8)``."""
   with jax.default_matmul_precision("highest"):
     loss1, state1 = _run(jax.devices()[:1], config, batches, key)
     loss8, state8 = _run(jax.devices()[:8], config, batches, key)
@@ -67,6 +63,18 @@ def test_8_devices_match_1_device():
                               atol=1e-5)
   chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats,
                               rtol=1e-5, atol=1e-5)
+  return state1, state8
+
+
+def test_8_devices_match_1_device():
+  assert jax.device_count() >= 8, "tests/conftest.py sets 8 CPU devices"
+  config = _config()
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32)}
+             for _ in range(2)]
+  key = jax.random.key(3)
+  state1, state8 = assert_one_device_equals_eight(config, batches, key)
   chex.assert_trees_all_close(state8.ema_params, state1.ema_params,
                               rtol=1e-5, atol=1e-5)
   assert int(state8.step) == 2

@@ -72,6 +72,7 @@ def base(*, model: str, epochs: int) -> mlc.ConfigDict:
   c.model.name = model
   common.automix_ema(c)
   c.adautomix = adautomix_block()
+  c.log_images_every_steps = common.LEARNED_MASK_IMAGES_EVERY
   # {"shared": True}: the generator uses config.optimizer (one schedule); else
   # the keys given override config.optimizer for the generator's group.
   c.generator_optimizer = mlc.ConfigDict({"shared": True})

@@ -28,13 +28,26 @@ eval resize 256 + centre crop 224: ``data.augment = "imagenet"`` with
 relative, so cropping the stored image directly instead of its 256-px resize
 changes only the resampling.)
 
-Not reproduced: the ImageNet-pretrained initialisation (the model zoo loads no
-torchvision weights; the CUB-R18 log loads ``resnet18-pytorch.pth``). The TFDS
-datasets' images vary in size, which ``open_tfds`` does not accept yet.
+ImageNet-pretrained initialisation (the reference's, e.g. the CUB-R18 log loads
+``resnet18-pytorch.pth``): convert the torchvision weights once and pass the
+file as ``init`` (docs/training.md, "Fine-tuning")::
+
+  python scripts/convert_torch_weights.py --torchvision resnet18 --pretrained \
+    --out weights/r18_in1k.npz      # resnet50 / resnext50_32x4d likewise
+  ... --config adautomix/fine_grained:dataset=cub,model=r18,init=weights/r18_in1k.npz
+
+which sets ``config.init_from = {path: init, kind: "converted", skip:
+"^params/heads/"}``: backbone and BatchNorm statistics from ImageNet for the
+classifier and its EMA teacher, fresh heads (``one``, ``mix``) for the new
+classes, a fresh generator. Without ``init`` the backbone starts from scratch.
+
+Not reproduced here: the TFDS datasets' images vary in size, which
+``open_tfds`` does not accept yet.
+
 ResNeXt-50 is ``resnet50`` with ``groups=32, base_width=4``.
 
 Args (``:k=v,...``): dataset (cub | cars | aircraft), model (r18 | r50 | rx50),
-epochs.
+epochs, init (path of a converted .npz; "" = from scratch).
 """
 
 from automix_jax.configs import common
@@ -56,7 +69,7 @@ SETTINGS = {
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, dataset="cub", model="r18", epochs=200)
+  arg = common.parse_arg(arg, dataset="cub", model="r18", epochs=200, init="")
   key = (arg.dataset, arg.model)
   if key not in SETTINGS:
     raise ValueError(f"(dataset, model) must be one of {sorted(SETTINGS)}; got "
@@ -86,4 +99,8 @@ def get_config(arg=None):
   c.generator_optimizer.shared = False
   c.generator_optimizer.lr = 0.1
   c.generator_optimizer.min_lr = gen_min_lr
+  if arg.init:
+    c.init_from.path = arg.init
+    c.init_from.kind = "converted"
+    c.init_from.skip = "^params/heads/"
   return c

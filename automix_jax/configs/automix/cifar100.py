@@ -63,6 +63,7 @@ def get_config(arg=None):
   c.model.name = MODELS[arg.model][0]
   common.automix_ema(c)
   c.automix = automix_block()
+  c.log_images_every_steps = common.LEARNED_MASK_IMAGES_EVERY
   # The generator shares the classifier's optimizer and schedule (CIFAR).
   c.generator_optimizer = mlc.ConfigDict({"shared": True})
   c.checkpoint.every_steps = 5000

@@ -12,6 +12,9 @@ Args (``:k=v,...``):
   batch_size: default 50.
   ema_momentum, ema_end_momentum: 0.9 / 0.99, scaled to a 60-iteration run (the
     reference's 0.999 / 0.999999 would leave the teacher at its init).
+  logit_bound: 0 (default, the reference) or b > 0: soft-clip the Mix Block's
+    logits to (-b, b) before the sigmoid (``automix.generator.logit_bound``, a
+    guard against saturation that is not in the reference).
 
 Run:
   python -m experiments.train --config configs/automix/cifar10_cpu.py \
@@ -25,7 +28,8 @@ from automix_jax.configs.automix import cifar100
 def get_config(arg=None):
   arg = common.parse_arg(arg, epochs=3, images_per_class=100, width=0.125,
                          batch_size=50, ema_momentum=0.9,
-                         ema_end_momentum=0.99)
+                         ema_end_momentum=0.99, logit_bound=0.0)
   c = cifar100.get_config("epochs=%d" % arg.epochs)
   common.offline_cpu_run(c, arg)
+  common.set_logit_bound(c.automix.generator, arg.logit_bound)
   return c
