@@ -5,10 +5,11 @@ r"""Times one training step of each method against the vanilla step (and PyTorch
     python scripts/bench_step.py --scaling               # 1/2/4/8 fake CPU devices
 
 For every method (vanilla, MixUp, CutMix, CutMix+SUMix, AutoMix, AdAutoMix, SAMix and the
-model-aware PuzzleMix, Co-Mixup, ManifoldMix, AlignMix, SnapMix,
-GuidedMixup) the script builds the real
-training method from its config file (CIFAR-100 ResNet-18 recipe: batch 100,
-32x32x3, 100 classes) at each requested width, jits ``train_step`` exactly as the
+model-aware PuzzleMix, Co-Mixup, ManifoldMix, AlignMix, SnapMix, GuidedMixup; on the CPU
+ViT the vanilla and DeiT steps and TransMix, TokenMix, SMMix, MixPro, TL-Align) the
+script builds the real training method from its config file (CIFAR-100 ResNet-18
+recipe, or configs/vit_cpu.py for the ViT rows: batch 100, 32x32x3, 100 classes) at
+each requested width, jits ``train_step`` exactly as the
 trainer does (state replicated, batch sharded on the "data" mesh axis,
 ``donate_argnums=0``), reports compile time separately and the median time of the
 timed steps after warm-up, and the ratio to the vanilla step measured in the same
@@ -60,7 +61,23 @@ METHODS = {
     "snapmix": ("configs/cifar100_resnet18.py", "mixer=snapmix", None),
     # GuidedMixup: an input-gradient pass (forward + backward) for the saliency.
     "guidedmixup": ("configs/cifar100_resnet18.py", "mixer=guidedmixup", None),
+    # Vision-transformer mixers on the CPU ViT (vit_tiny: patch 4, an 8x8
+    # token grid at 32 px; width 1 = 64-d), against the vanilla ViT step.
+    # TokenMix and SMMix add a clean eval-mode pass for the attention;
+    # TransMix, MixPro and TL-Align relabel from the one mixed pass (TL-Align
+    # with every block's attention).
+    "vit_vanilla": ("configs/vit_cpu.py", "mixer=vanilla", None),
+    "vit_deit": ("configs/vit_cpu.py", "mixer=deit", None),
+    "transmix": ("configs/vit_cpu.py", "mixer=transmix", None),
+    "tokenmix": ("configs/vit_cpu.py", "mixer=tokenmix", None),
+    "smmix": ("configs/vit_cpu.py", "mixer=smmix", None),
+    "mixpro": ("configs/vit_cpu.py", "mixer=mixpro", None),
+    "tlalign": ("configs/vit_cpu.py", "mixer=tlalign", None),
 }
+# The step each method's ratio is taken against (default "vanilla").
+BASELINE = {name: "vit_vanilla" for name in (
+    "vit_vanilla", "vit_deit", "transmix", "tokenmix", "smmix", "mixpro",
+    "tlalign")}
 BATCH, SIZE, CLASSES, STEPS_PER_EPOCH = 100, 32, 100, 500
 
 
@@ -224,20 +241,29 @@ def main(argv=None) -> int:
       f"{torch.get_num_threads()} intra-op threads; JAX float32 "
       "(XLA CPU, default threading), jit with donated state.", "",
       f"Shape: batch {BATCH}, {SIZE}x{SIZE}x3, {CLASSES} classes, CIFAR "
-      "ResNet-18 at the width given (1.0 = the paper's network). Median of "
-      f"{args.steps} timed steps after {args.warmup} warm-up steps; compile "
-      "time reported separately. Ratio = step time / vanilla JAX step at the "
-      "same width, measured in this run.", ""]
+      "ResNet-18 at the width given (1.0 = the paper's network); the ViT "
+      "rows (vit_*, transmix, tokenmix, smmix, mixpro, tlalign) use "
+      "configs/vit_cpu.py's vit_tiny (patch 4, 8x8 tokens, 64-d at width 1). "
+      f"Median of {args.steps} timed steps after {args.warmup} warm-up steps; "
+      "compile time reported separately. Ratio = step time / vanilla JAX step "
+      "of the same family (ResNet or ViT) at the same width, measured in this "
+      "run.", ""]
   if not args.scaling:
     lines += ["| width | method | JAX compile (s) | JAX step (ms) | ratio to "
               "vanilla | images/s | PyTorch step (ms) | PyTorch / JAX |",
               "|---|---|---|---|---|---|---|---|"]
     for width in widths:
-      base = None
+      times = {}
+      # A method's baseline is timed first (and gets its own row).
+      order = []
       for name in names:
+        base_name = BASELINE.get(name, "vanilla")
+        order += [n for n in (base_name, name) if n not in order]
+      for name in order:
         compile_s, step_s = time_jax_method(name, width, args.steps,
                                             args.warmup)
-        base = base if base is not None else step_s
+        times[name] = step_s
+        base = times[BASELINE.get(name, "vanilla")]
         peer = METHODS[name][2]
         torch_s = (time_torch(peer, width, args.steps, args.warmup)
                    if peer and not args.no_torch else None)

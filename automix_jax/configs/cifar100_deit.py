@@ -19,7 +19,9 @@ number: median top-1 of the last 10 epochs.
 
 Args (``:k=v,...``):
   mixer: vanilla | mixup | cutmix | deit | fmix | saliencymix | resizemix |
-    gridmix | smoothmix | manifoldmix, or several joined by "+".
+    gridmix | smoothmix | manifoldmix, or several joined by "+"; or one of the
+    model-aware transmix | tokenmix | smmix | mixpro | tlalign (SMMix with
+    its authors' extra loss terms, config.loss.smmix).
   model: deit_s | swin_t.
   epochs: 200 (600 is OpenMixup's longer schedule).
   decouple: add DecoupleMix's regulariser (config.loss.decouple).

@@ -124,6 +124,16 @@ OPENMIXUP_VIT_MIXERS = {
     "gridmix": ("gridmix", {"alpha": 1.0}),
     "smoothmix": ("smoothmix", {"alpha": 0.2}),
     "manifoldmix": ("manifoldmix", {"alpha": 2.0}),
+    # Vision-transformer mixers (model-aware: attention of a clean pass or
+    # labels from the mixed pass, docs/interfaces.md), each at its authors'
+    # defaults (the mixers' docstrings); TL-Align's and MixPro's patch size is
+    # the model's (train.static binds it). MixPro smooths its confidence
+    # target once: the labels carry these configs' label smoothing already.
+    "transmix": ("transmix", {"alpha": 1.0}),
+    "tokenmix": ("tokenmix", {}),
+    "smmix": ("smmix", {}),
+    "mixpro": ("mixpro", {"alpha": 1.0, "smoothing": 0.0}),
+    "tlalign": ("tlalign", {"alpha": 1.0}),
 }
 
 
@@ -220,7 +230,12 @@ def base_config() -> mlc.ConfigDict:
   c.label_smoothing = 0.0
   # Loss variants on the mixed samples (static: the mixed CE; learned: the
   # classifier's mixed CE). DecoupleMix (Liu et al., NeurIPS 2023): off.
-  c.loss = mlc.ConfigDict({"decouple": decouple_block(enabled=False)})
+  # SMMix's fine-grained and consistency terms (static step, with mixers that
+  # mark the partner's tokens; the authors' weights): off.
+  c.loss = mlc.ConfigDict({
+      "decouple": decouple_block(enabled=False),
+      "smmix": mlc.ConfigDict({"enabled": False, "fine_weight": 0.5,
+                               "consistency_weight": 1.0})})
 
   c.mixer, c.switch = mixer_block("mixup")
   # Static method only: a label/loss wrapper of the mixer's output
@@ -343,9 +358,11 @@ def imagenet_224(c: mlc.ConfigDict, *, augment: str) -> mlc.ConfigDict:
 
 def static_vit_tail(c: mlc.ConfigDict, *, mixer: str, decouple: bool,
                     ema: bool) -> mlc.ConfigDict:
-  """The static ViT configs' mixers (``OPENMIXUP_VIT_MIXERS``), DecoupleMix
-  switch and optional EMA (DeiT's model EMA, constant 0.99996)."""
+  """The static ViT configs' mixers (``OPENMIXUP_VIT_MIXERS``; SMMix with
+  its authors' fine-grained and consistency terms, ``loss.smmix``),
+  DecoupleMix switch and optional EMA (DeiT's model EMA, constant 0.99996)."""
   c.mixer, c.switch = mixer_block(mixer, OPENMIXUP_VIT_MIXERS)
+  c.loss.smmix.enabled = c.mixer.name == "smmix"
   c.loss.decouple.enabled = decouple
   c.ema.enabled = ema
   c.ema.schedule = "constant"

@@ -50,6 +50,8 @@ def get_config(arg=None):
                        warmup_ratio=1e-3, grad_clip_norm=5.0)
   c.mixer, c.switch = common.mixer_block(arg.mixer,
                                          common.OPENMIXUP_VIT_MIXERS)
+  # SMMix with its authors' fine-grained and consistency terms.
+  c.loss.smmix.enabled = c.mixer.name == "smmix"
   c.loss.decouple.enabled = arg.decouple
 
   c.ema.enabled = arg.ema

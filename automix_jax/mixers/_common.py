@@ -486,6 +486,27 @@ def mix_labels(labels: Array, lam: Array, index: Array) -> Array:
   return out.astype(labels.dtype)
 
 
+def weighted_labels(labels: Array, w_own: Array, w_partner: Array,
+                    index: Array, *, normalize: bool, fallback: Array
+                    ) -> tuple[Array, Array]:
+  """Labels from a weight of the own and of the partner's label, ``[B]`` each.
+
+  ``normalize``: rows summing to 1, ``λ y + (1 - λ) y[index]`` with ``λ =
+  w_own / (w_own + w_partner)`` (``fallback`` ``[B]`` where both are 0);
+  else the raw ``w_own y + w_partner y[index]`` (SnapMix's and TokenMix's
+  authors' unnormalised targets). Returns ``(mixed_labels, own weight)``.
+  """
+  if normalize:
+    total = w_own + w_partner
+    lam = jnp.where(total > 0, w_own / jnp.where(total > 0, total, 1.0),
+                    fallback)
+    lam = jnp.clip(lam, 0.0, 1.0)
+    return mix_labels(labels, lam, index), lam
+  raw = (w_own[:, None] * labels.astype(jnp.float32) +
+         w_partner[:, None] * take(labels, index).astype(jnp.float32))
+  return raw.astype(labels.dtype), w_own
+
+
 def blend(images: Array, partner_images: Array, weight: Array) -> Array:
   """``weight * images + (1 - weight) * partner_images`` in the images' dtype.
 

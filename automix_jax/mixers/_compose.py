@@ -19,18 +19,24 @@ _REGISTRY: dict[str, Mixer] = {}
 _CHECKS: dict[str, Mapping[str, Callable[[Any], Any]]] = {}
 _NEEDS: dict[str, tuple[str, ...]] = {}
 _SALIENCY_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {}
+_RELABEL_OUTPUTS: dict[str, tuple[str, ...]] = {}
 
 # What a model-aware mixer may ask of the model (docs/interfaces.md,
-# "Model-aware mixers"). "saliency" and "cam" arrive as keyword-only call
-# arguments of those names; "feature_mix" changes what the mixer returns.
-NEEDS = ("saliency", "cam", "feature_mix")
+# "Model-aware mixers"). "saliency", "cam" and "token_attention" arrive as
+# keyword-only call arguments of those names; "feature_mix" and "relabel"
+# change what the mixer returns (a function in place of the images or of the
+# labels).
+NEEDS = ("saliency", "cam", "token_attention", "feature_mix", "relabel")
 # The needs that are call arguments: never hyperparameters, never bound by get.
-MODEL_INPUTS = ("saliency", "cam")
+MODEL_INPUTS = ("saliency", "cam", "token_attention")
+# The needs whose mixers return a function, which cannot leave a shard_map.
+RETURNS_FUNCTION = ("feature_mix", "relabel")
 
 
 def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
              = None, needs: Sequence[str] = (),
-             saliency_fn: Callable[[jax.Array], jax.Array] | None = None
+             saliency_fn: Callable[[jax.Array], jax.Array] | None = None,
+             relabel_outputs: Sequence[str] = ()
              ) -> Callable[[Mixer], Mixer]:
   """Decorator: makes a mixer reachable from configs as ``get(name)``.
 
@@ -50,10 +56,23 @@ def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
   * ``"cam"``: the mixer takes a keyword-only ``cam`` ``[B, h, w]`` (each
     image's class activation map for its own label,
     ``models.class_activation_map``).
+  * ``"token_attention"``: the mixer takes a keyword-only ``token_attention``
+    ``[B, h, w]`` (each image's per-token attention on the model's token
+    grid, summing to 1, from a clean forward pass: the model output of that
+    name).
   * ``"feature_mix"``: the mixer returns ``(feature_mix, mixed_labels, aux)``
     with ``feature_mix(stage, x) -> x'`` for the model to call.
+  * ``"relabel"``: the mixer returns ``(mixed_images, relabel, aux)``; the
+    labels are known only after the forward pass on ``mixed_images``:
+    ``relabel(out) -> (mixed_labels, aux)`` is pure, ``out`` the model's
+    output dict of that same pass, and the returned ``aux`` is the mixer's
+    ``aux`` with the final ``lam``. ``relabel_outputs`` (required with this
+    need, refused without it) names the keys of ``out`` it reads, e.g.
+    ``("cls_attention",)``; ``"attention"`` means the model must be called
+    with ``return_attention=True``.
   """
   needs = _check_needs(name, needs, saliency_fn)
+  relabel_outputs = _check_relabel_outputs(name, needs, relabel_outputs)
 
   def wrap(fn: Mixer) -> Mixer:
     if name in _REGISTRY and _REGISTRY[name] is not fn:
@@ -72,8 +91,26 @@ def register(name: str, *, checks: Mapping[str, Callable[[Any], Any]] | None
     _NEEDS[name] = needs
     if saliency_fn is not None:
       _SALIENCY_FNS[name] = saliency_fn
+    if relabel_outputs:
+      _RELABEL_OUTPUTS[name] = relabel_outputs
     return fn
   return wrap
+
+
+def _check_relabel_outputs(name: str, needs: tuple[str, ...],
+                           outputs: Any) -> tuple[str, ...]:
+  if (isinstance(outputs, str) or not isinstance(outputs, Sequence) or
+      not all(isinstance(k, str) and k for k in outputs)):
+    raise ValueError(
+        f"`relabel_outputs` of mixer {name!r} must be a tuple of model output "
+        f"keys, e.g. (\"cls_attention\",); got {outputs!r}.")
+  outputs = tuple(outputs)
+  if ("relabel" in needs) != bool(outputs):
+    raise ValueError(
+        f"mixer {name!r}: `relabel_outputs` (the model outputs its "
+        "relabel(out) reads) must be given exactly when `needs` holds "
+        f"\"relabel\"; got needs={needs!r}, relabel_outputs={outputs!r}.")
+  return outputs
 
 
 def _check_needs(name: str, needs: Any, saliency_fn: Any) -> tuple[str, ...]:
@@ -113,6 +150,14 @@ def saliency_fn(name: str) -> Callable[[jax.Array], jax.Array]:
         f"mixer {name!r} does not need \"saliency\" (its needs: "
         f"{_NEEDS[name] or '()'}), so it has no `saliency_fn`.")
   return _SALIENCY_FNS[name]
+
+
+def relabel_outputs(name: str) -> tuple[str, ...]:
+  """The model outputs that mixer ``name``'s ``relabel(out)`` reads (``()``
+  for a mixer without the need ``"relabel"``). ``"attention"`` among them
+  means the forward pass must run with ``return_attention=True``."""
+  _lookup(name)
+  return _RELABEL_OUTPUTS.get(name, ())
 
 
 def _needs_of(fn: Any) -> tuple[str, ...]:
@@ -320,6 +365,12 @@ def per_device(mixer: Mixer, mesh: jax.sharding.Mesh, axis: str = "data"
   if axis not in mesh.axis_names:
     raise ValueError(f"`axis` {axis!r} is not an axis of the mesh "
                      f"{mesh.axis_names}.")
+  returned = set(_needs_of(mixer)) & set(RETURNS_FUNCTION)
+  if returned:
+    raise ValueError(
+        f"`mixer` ({_mixer_name(mixer)}) needs {sorted(returned)} and so "
+        "returns a function (of the model's features or outputs), which "
+        "cannot leave a shard_map: mix the whole batch instead.")
   n_shards = mesh.shape[axis]
   spec = jax.P(axis)
 

@@ -207,17 +207,8 @@ def snapmix(key: Array, images: Array, labels: Array, *, cam: Array,
   w_a = jnp.where(applied, jnp.where(ok_a, w_a, area_lam), 1.0)
   w_b = jnp.where(applied, jnp.where(ok_b, w_b, 1.0 - area_lam), 0.0)
 
-  if normalize:
-    weight_sum = w_a + w_b
-    lam = jnp.where(weight_sum > 0, w_a / jnp.where(weight_sum > 0,
-                                                   weight_sum, 1.0), area_lam)
-    lam = jnp.clip(lam, 0.0, 1.0)
-    mixed_labels = C.mix_labels(labels, lam, index)
-  else:
-    lam = w_a
-    mixed_labels = (w_a[:, None] * labels.astype(jnp.float32) +
-                    w_b[:, None] * C.take(labels, index).astype(jnp.float32)
-                    ).astype(labels.dtype)
+  mixed_labels, lam = C.weighted_labels(labels, w_a, w_b, index,
+                                        normalize=normalize, fallback=area_lam)
   aux = {"lam": lam.astype(jnp.float32), "index": index,
          "mask": (~inside).astype(jnp.float32)[..., None], "box": box,
          "box_partner": box_p,

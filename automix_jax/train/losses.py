@@ -80,23 +80,28 @@ def check_decouple(*, eta: float, lam_scale: str, lam_thr: float,
   }
 
 
-def decouple_from_config(loss_config) -> dict | None:
-  """``config.loss.decouple`` -> the keyword arguments of
-  ``decoupled_regularizer``, or None when absent or ``enabled=False``."""
-  if loss_config is None:
-    return None
-  block = loss_config.get("decouple", None)
+def loss_block(loss_config, name: str, defaults: dict) -> dict | None:
+  """``config.loss.<name>`` over ``defaults`` (without ``enabled``), or None
+  when absent or ``enabled=False``; an unknown key raises ``ValueError``."""
+  block = None if loss_config is None else loss_config.get(name, None)
   if block is None:
     return None
   block = dict(block.to_dict() if hasattr(block, "to_dict") else block)
   if not block.pop("enabled", False):
     return None
-  unknown = sorted(set(block) - set(DECOUPLE_DEFAULTS))
+  unknown = sorted(set(block) - set(defaults))
   if unknown:
-    raise ValueError(f"`config.loss.decouple` has unknown key(s) {unknown}; "
-                     f"expected enabled and {sorted(DECOUPLE_DEFAULTS)}.")
-  return check_decouple(**{**DECOUPLE_DEFAULTS, **block},
-                        prefix="config.loss.decouple.")
+    raise ValueError(f"`config.loss.{name}` has unknown key(s) {unknown}; "
+                     f"expected enabled and {sorted(defaults)}.")
+  return {**defaults, **block}
+
+
+def decouple_from_config(loss_config) -> dict | None:
+  """``config.loss.decouple`` -> the keyword arguments of
+  ``decoupled_regularizer``, or None when absent or ``enabled=False``."""
+  block = loss_block(loss_config, "decouple", DECOUPLE_DEFAULTS)
+  return None if block is None else check_decouple(
+      **block, prefix="config.loss.decouple.")
 
 
 def unsmooth(targets: jax.Array, smoothing: float) -> jax.Array:
@@ -237,3 +242,74 @@ def mixed_cross_entropy(logits: jax.Array, targets: jax.Array,
   reg = jnp.mean(decoupled_regularizer(
       logits, unsmooth(targets, smoothing), labels, **decouple))
   return ce + reg, reg
+
+
+# ----------------------------------------------------------------------------
+# SMMix: fine-grained label assignment and feature consistency.
+# ----------------------------------------------------------------------------
+
+# Keys of ``config.loss.smmix`` besides ``enabled`` (docs/config_schema.md):
+# the authors' loss is ``cls + ½ (fine_own + fine_partner) + consistency``.
+SMMIX_DEFAULTS = {"fine_weight": 0.5, "consistency_weight": 1.0}
+
+
+def smmix_from_config(loss_config) -> dict | None:
+  """``config.loss.smmix`` -> ``{"fine_weight", "consistency_weight"}``, or
+  None when absent or ``enabled=False``."""
+  block = loss_block(loss_config, "smmix", SMMIX_DEFAULTS)
+  return None if block is None else {
+      k: _check_number(v, f"config.loss.smmix.{k}", low=0.0, high=100.0)
+      for k, v in block.items()}
+
+
+def region_cross_entropy(tokens: jax.Array, token_mask: jax.Array,
+                         head: tuple[jax.Array, jax.Array],
+                         own_targets: jax.Array, partner_targets: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """SMMix's fine-grained label assignment: each image's region of the mixed
+  sample's output tokens, mean-pooled and classified, against its label.
+
+  Chen et al., ICCV 2023 (github.com/ChenMnZ/SMMix ``deit.py``: the token
+  head on ``(image_token * mask).sum(1) / mask.sum(1)``, ``engine.py``:
+  ``½ (CE(target_result, y_a) + CE(source_result, y_b))``). Here the head is
+  the model's classifier (the authors: a separate ``token_head``, "sharing
+  ... does not affect performance").
+
+  Args:
+    tokens: ``[B, h, w, D]`` output tokens of the forward pass on the mixed
+      images (a ViT's patch tokens after the final LayerNorm).
+    token_mask: ``[B, h, w]``, 1 where a token came from the partner.
+    head: ``(kernel [D, K], bias [K])`` of the linear classifier.
+    own_targets, partner_targets: ``[B, K]`` the images' own targets.
+
+  Returns:
+    ``(CE of the own region, CE of the partner's region)``, batch means.
+  """
+  if tokens.ndim != 4 or tokens.shape[:3] != token_mask.shape:
+    raise ValueError(
+        f"`tokens` [B, h, w, D] must be on the token grid of `token_mask` "
+        f"{tuple(token_mask.shape)}; got {tuple(tokens.shape)}.")
+  kernel, bias = head
+  tokens = tokens.astype(jnp.float32)
+  mask = jax.lax.stop_gradient(token_mask).astype(jnp.float32)[..., None]
+
+  def pooled_logits(m):
+    pooled = jnp.sum(tokens * m, (1, 2)) / jnp.maximum(jnp.sum(m, (1, 2)), 1.0)
+    return pooled @ kernel.astype(jnp.float32) + bias.astype(jnp.float32)
+  return (soft_cross_entropy(pooled_logits(1.0 - mask), own_targets),
+          soft_cross_entropy(pooled_logits(mask), partner_targets))
+
+
+def consistency_kl(logits: jax.Array, clean_logits: jax.Array,
+                   lam: jax.Array, index: jax.Array) -> jax.Array:
+  """SMMix's feature consistency: ``KL(softmax(z̄) || softmax(logits))``,
+  batch mean, with ``z̄ = λ z + (1 - λ) z[index]`` the clean pass's logits
+  mixed by the area λ (the authors' ``KLDivLoss(reduction='batchmean')`` on
+  ``log_softmax(outputs)`` and ``softmax(mixed_prediction_distribution)``).
+  The clean logits are a target: no gradient flows into them."""
+  clean = jax.lax.stop_gradient(clean_logits).astype(jnp.float32)
+  lam = lam.astype(jnp.float32)[:, None]
+  target = jax.nn.softmax(lam * clean + (1.0 - lam) * clean[index], axis=-1)
+  logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.sum(
+      target * (jnp.log(jnp.maximum(target, 1e-30)) - logq), axis=-1))

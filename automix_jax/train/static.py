@@ -18,6 +18,7 @@ computes what the mixer asks for inside the same jitted step (see
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -87,14 +88,21 @@ def _check_model_needs(config: Any) -> None:
             "False` instead.")
     return
   needs = mixers.needs(config.mixer.name)
-  if "feature_mix" not in needs:
-    return
-  for key, why in (
-      ("per_device_mixing", "mixes hidden features inside the model's forward "
-       "pass, not a batch of images that could be split over the devices"),
-      ("per_device_batch_stats", "mixes hidden features of the whole batch, "
-       "which the per-device BatchNorm slices (one vmapped forward per "
-       "device) cannot see across")):
+  refusals = []
+  if "feature_mix" in needs:
+    refusals += [
+        ("per_device_mixing", "mixes hidden features inside the model's "
+         "forward pass, not a batch of images that could be split over the "
+         "devices"),
+        ("per_device_batch_stats", "mixes hidden features of the whole "
+         "batch, which the per-device BatchNorm slices (one vmapped forward "
+         "per device) cannot see across")]
+  if "relabel" in needs:
+    refusals.append(
+        ("per_device_mixing", "returns its labels as a function of the "
+         "model's outputs (relabel), which cannot leave the per-device "
+         "shard_map"))
+  for key, why in refusals:
     if config.get(key, False):
       raise ValueError(
           f"`config.{key}=True` is not supported with mixer "
@@ -128,17 +136,66 @@ def check_feature_stages(config: Any, model: Any) -> None:
           f"`config.mixer.kwargs.{hp}` within 0..{last}.")
 
 
-def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None):
+def _smmix_loss(config: Any) -> dict | None:
+  """``config.loss.smmix`` checked (``losses.smmix_from_config``) and refused
+  with a mixer that marks no partner tokens after a clean pass."""
+  terms = losses.smmix_from_config(config.get("loss", None))
+  if terms is not None and "token_attention" not in model_needs(config):
+    raise ValueError(
+        "`config.loss.smmix.enabled=True` needs a mixer that marks the "
+        "partner's tokens (aux['token_mask']) after a clean pass (need "
+        "\"token_attention\": smmix, tokenmix); config.mixer.name is "
+        f"{config.mixer.name!r}.")
+  return terms
+
+
+# Mixer hyperparameters that are properties of the model (its patch size, so
+# that token-grid mixers cut whole tokens): bound from the model's attribute of
+# the same name when the config leaves them out (docs/interfaces.md).
+MODEL_HYPERPARAMETERS = ("patch_size",)
+
+
+def model_hyperparameters(config: Any, model: Any) -> dict:
+  """``{name: model.<name>}`` for the ``MODEL_HYPERPARAMETERS`` that
+  ``config.mixer``'s mixer takes and the config does not set; a set value
+  that differs from the model's is refused (the mixer would cut the images
+  into other tokens than the model's)."""
+  if model is None or _switch_enabled(config):
+    return {}
+  name = config.mixer.name
+  kwargs = _cfg_dict(config.mixer.get("kwargs", None))
+  bound = {}
+  for hp in MODEL_HYPERPARAMETERS:
+    if hp not in mixers.hyperparameter_names(name) or not hasattr(model, hp):
+      continue
+    value = getattr(model, hp)
+    if hp not in kwargs:
+      bound[hp] = value
+    elif kwargs[hp] != value:
+      raise ValueError(
+          f"`config.mixer.kwargs.{hp}` = {kwargs[hp]!r} but model "
+          f"{config.model.name!r} has {hp} {value!r}: mixer {name!r} would "
+          f"cut the images into other tokens than the model's. Leave "
+          f"`config.mixer.kwargs.{hp}` out (it is taken from the model).")
+  return bound
+
+
+def build_mixer(config: Any, mesh: jax.sharding.Mesh | None = None,
+                model: Any = None):
   """The mixer named by ``config.mixer`` / ``config.switch`` (+ per-device).
 
   Every mixer name and keyword is validated here (unknown name or bad value ->
   ValueError naming the config key, e.g. ``config.mixer.kwargs.alpha``).
   A model-aware mixer is returned as the registry's function: it takes its
-  model inputs (``saliency=``, ``cam=``) per call, which ``per_device`` splits
-  over the devices with the batch.
+  model inputs (``saliency=``, ``cam=``, ``token_attention=``) per call, which
+  ``per_device`` splits over the devices with the batch. With ``model``, the
+  mixer's ``MODEL_HYPERPARAMETERS`` (``patch_size``) come from it.
   """
   mixer = _config_mixer(config)
   _check_model_needs(config)
+  bound = model_hyperparameters(config, model)
+  if bound:
+    mixer = functools.partial(mixer, **bound)
   if config.get("per_device_mixing", False):
     if mesh is None:
       raise ValueError("`per_device_mixing=True` needs the device mesh.")
@@ -289,6 +346,26 @@ class StaticMixing:
     ``feature_mix=feature_mix`` (the one differentiated forward). Not
     supported with ``per_device_mixing`` or ``per_device_batch_stats``
     (refused by ``check_config``).
+  * ``"token_attention"``: the model output ``"token_attention"`` ``[B, h,
+    w]`` of a clean forward pass in **eval mode** (no dropout or stochastic
+    depth, nothing updated): SMMix's code (Chen et al., ICCV 2023,
+    github.com/ChenMnZ/SMMix ``smmix.py``: ``motivat_model.eval()`` under
+    ``no_grad``). With ``config.loss.smmix.enabled`` the loss adds SMMix's
+    fine-grained label assignment (the mixed pass's last-stage tokens of
+    each image's region, mean-pooled, through head "one", against that
+    image's targets; weight ``fine_weight`` on the sum of the two CEs) and
+    its consistency term (KL to the λ-mix of that clean pass's logits;
+    ``consistency_weight``): the authors' ``cls + ½ (fine_a + fine_b) +
+    con``.
+  * ``"relabel"``: the mixer returns ``(mixed, relabel, aux)``; the one
+    differentiated forward runs on ``mixed`` (with ``return_attention=True``
+    when ``mixers.relabel_outputs`` holds ``"attention"``) and the targets
+    are ``relabel(stop_gradient(out))`` of that same pass (TransMix, MixPro,
+    TL-Align). Not supported with ``per_device_mixing``.
+
+  ``init`` refuses a model that lacks an output the mixer reads
+  (``"token_attention"``, ``mixers.relabel_outputs``), naming the mixer:
+  e.g. TransMix on a ResNet.
 
   A model-aware mixer inside ``config.switch`` is refused.
 
@@ -301,8 +378,11 @@ class StaticMixing:
   ``config.grad_accum_steps`` = k > 1: the batch is mixed whole, then its
   gradient is accumulated over k micro-batches (``train.accumulate``); the
   "forward" EMA statistics use the same micro-batches. Not with a
-  ``feature_mix`` mixer or ``config.label_mix`` (refused: both act on the
-  whole batch at once).
+  ``feature_mix`` or ``relabel`` mixer, ``config.loss.smmix`` or
+  ``config.label_mix`` (refused: they act on the whole batch at once).
+  ``config.label_mix`` is refused with a ``relabel`` mixer and with
+  ``config.loss.smmix``, whose targets or loss terms replace the λ targets
+  SUMix corrects.
   """
 
   reported_variant: str
@@ -315,6 +395,7 @@ class StaticMixing:
     per-device mixing / BatchNorm when it mixes features)."""
     _config_mixer(config)
     _check_model_needs(config)
+    _smmix_loss(config)
     label_mix = sumix.from_config(config)
     if accumulate.steps_of(config) > 1 and (
         label_mix is not None or "feature_mix" in model_needs(config)):
@@ -328,6 +409,18 @@ class StaticMixing:
           "`config.label_mix` (SUMix) replaces the classification loss, so it "
           "does not combine with `config.loss.decouple` (DecoupleMix); enable "
           "one of them.")
+    if accumulate.steps_of(config) > 1 and (
+        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+      raise ValueError(
+          "`config.grad_accum_steps` > 1 does not combine with a relabelling "
+          "mixer (`config.mixer`: its targets come from the whole batch's "
+          "forward pass) or `config.loss.smmix`; use grad_accum_steps=1.")
+    if label_mix is not None and (
+        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+      raise ValueError(
+          "`config.label_mix` (SUMix) corrects the mixer's λ targets, so it "
+          "does not combine with a relabelling mixer (`config.mixer`) or "
+          "`config.loss.smmix`, whose targets or loss terms replace them.")
 
   def __init__(self, config: Any, *, num_classes: int, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None):
@@ -343,12 +436,18 @@ class StaticMixing:
     self.label_mix = sumix.from_config(config)
     self.model = build_model(config, num_classes, heads=("one",) + (
         self.label_mix.heads if self.label_mix is not None else ()))
-    self.mixer = build_mixer(config, mesh)
+    self.mixer = build_mixer(config, mesh, self.model)
     self.needs = model_needs(config)
     if "feature_mix" in self.needs:
       check_feature_stages(config, self.model)
     self.saliency_fn = (mixers.saliency_fn(config.mixer.name)
                         if "saliency" in self.needs else None)
+    self.relabel_outputs = (mixers.relabel_outputs(config.mixer.name)
+                            if "relabel" in self.needs else ())
+    # The outputs the model must provide: of the clean pass, of the mixed one.
+    self.model_outputs = (
+        ("token_attention",) if "token_attention" in self.needs else ()
+    ) + self.relabel_outputs
     self.bn_groups = bn_groups(config, mesh)
     self.grad_accum_steps = accumulate.steps_of(config)
     self.tx, self.lr_fn = optim.make_optimizer(
@@ -360,6 +459,8 @@ class StaticMixing:
                        f"{self.label_smoothing}.")
     # DecoupleMix (config.loss.decouple; None = plain soft CE).
     self.decouple = losses.decouple_from_config(config.get("loss", None))
+    # SMMix's fine-grained and consistency terms (config.loss.smmix).
+    self.smmix_loss = _smmix_loss(config)
     self.use_ema = bool(config.ema.enabled)
     self.momentum_fn = (ema_lib.from_config(config.ema,
                                             total_steps=self.total_steps)
@@ -378,9 +479,35 @@ class StaticMixing:
     k_params, k_drop = jax.random.split(key)
     variables = self.model.init({"params": k_params, "dropout": k_drop},
                                 sample_images, train=False)
+    self.check_model_outputs(variables, sample_images)
     return state_lib.create(params=variables["params"],
                             batch_stats=variables.get("batch_stats", {}),
                             tx=self.tx, ema=self.use_ema)
+
+  def check_model_outputs(self, variables: Any, sample_images: Any) -> None:
+    """Refuses a model without an output the mixer reads (abstract forward
+    pass, no compute): ``ValueError`` naming the mixer and the output."""
+    if not self.model_outputs:
+      return
+    from automix_jax import models  # Lazy, as build_model.
+    name = self.config.mixer.name
+    kwargs = ({"return_attention": True}
+              if "attention" in self.model_outputs and
+              "return_attention" in inspect.signature(
+                  type(self.model).__call__).parameters else {})
+    try:
+      out = jax.eval_shape(
+          functools.partial(self.model.apply, train=False, **kwargs),
+          variables, sample_images)
+    except ValueError as e:  # Swin refuses return_attention=True.
+      if not kwargs:
+        raise
+      raise ValueError(f"mixer {name!r} (config.mixer.name) needs the model "
+                       "output 'attention' (a call with return_attention="
+                       f"True): {e}") from None
+    for key in self.model_outputs:
+      models.require_output(out, key, needed_by=f"mixer {name!r} "
+                            "(config.mixer.name)")
 
   def train_step(self, state: state_lib.TrainState, batch: dict,
                  key: jax.Array) -> tuple[state_lib.TrainState, dict]:
@@ -390,12 +517,21 @@ class StaticMixing:
     k_mix, k_drop = jax.random.split(step_key)  # by purpose: mixing, dropout
     targets = mixers.one_hot(labels, self.num_classes,
                              smoothing=self.label_smoothing)
-    inputs, start_stats = self._model_inputs(state, images, labels, step_key)
+    inputs, start_stats, clean = self._model_inputs(state, images, labels,
+                                                    step_key)
     mixed, mixed_targets, aux = self.mixer(k_mix, images, targets, **inputs)
     model_kwargs = {}
     if "feature_mix" in self.needs:
       # `mixed` is the feature_mix function; the model mixes the clean batch.
       mixed, model_kwargs = images, {"feature_mix": mixed}
+    relabel = None
+    if "relabel" in self.needs:
+      # The targets are a function of this step's forward pass.
+      relabel, mixed_targets = mixed_targets, None
+      if "attention" in self.relabel_outputs:
+        model_kwargs["return_attention"] = True
+
+    own_targets = targets  # unmixed (SMMix's fine-grained terms)
 
     def loss_fn(params, batch_stats, inputs, key):
       x, y, int_labels = inputs
@@ -414,14 +550,25 @@ class StaticMixing:
       if self.label_mix is not None:
         loss, extra = self.label_mix.loss(clean_out, out, labels, targets, aux)
         return loss, (stats, extra)
+      extra, step_aux = {}, aux
+      if relabel is not None:
+        # Labels are data: no gradient flows through the attention into them.
+        y, step_aux = relabel(jax.lax.stop_gradient(out))
+        extra["lam_mean"] = jnp.mean(step_aux["lam"])
       loss, reg = losses.mixed_cross_entropy(
           out["logits"]["one"], y, int_labels, decouple=self.decouple,
           smoothing=self.label_smoothing)
-      return loss, (stats, {} if self.decouple is None
-                    else {"decouple_reg": reg})
+      if self.decouple is not None:
+        extra["decouple_reg"] = reg
+      if self.smmix_loss is not None:
+        loss, terms = self._smmix_terms(loss, out, params, own_targets,
+                                        step_aux, clean)
+        extra.update(terms)
+      return loss, (stats, extra)
 
     # grad_accum_steps > 1: the mixed batch in micro-batches (accumulate.py;
-    # check_config refuses it with SUMix and feature mixing).
+    # check_config refuses it with SUMix, feature mixing, relabelling and the
+    # SMMix loss, which act on the whole batch at once).
     (loss, (batch_stats, extra)), grads = accumulate.value_and_grad(
         loss_fn, state.params, start_stats, (mixed, mixed_targets, labels),
         k_drop, steps=self.grad_accum_steps)
@@ -457,12 +604,33 @@ class StaticMixing:
         ema_batch_stats=ema_batch_stats)
     return new_state, metrics
 
+  def _smmix_terms(self, loss: jax.Array, out: dict, params: Any,
+                   own_targets: jax.Array, aux: dict, clean: dict
+                   ) -> tuple[jax.Array, dict]:
+    """``loss`` plus SMMix's fine-grained and consistency terms (Chen et al.,
+    ICCV 2023; ``losses.region_cross_entropy`` / ``consistency_kl``) on the
+    mixed pass's last-stage tokens, head "one" and the clean pass's logits;
+    and the terms as metrics."""
+    head = params["heads"]["one"]
+    index = aux["index"]
+    fine_own, fine_partner = losses.region_cross_entropy(
+        out["stages"][-1], aux["token_mask"], (head["kernel"], head["bias"]),
+        own_targets, own_targets[index])
+    kl = losses.consistency_kl(out["logits"]["one"], clean["logits"]["one"],
+                               aux["lam"], index)
+    w = self.smmix_loss
+    loss = (loss + w["fine_weight"] * (fine_own + fine_partner) +
+            w["consistency_weight"] * kl)
+    return loss, {"smmix_fine": 0.5 * (fine_own + fine_partner),
+                  "smmix_consistency": kl}
+
   def _model_inputs(self, state: state_lib.TrainState, images: jax.Array,
                     labels: jax.Array, step_key: jax.Array
-                    ) -> tuple[dict, Any]:
-    """The mixer's model inputs and the BatchNorm statistics the
-    differentiated forward starts from (see the class docstring)."""
-    inputs, stats = {}, state.batch_stats
+                    ) -> tuple[dict, Any, Any]:
+    """The mixer's model inputs, the BatchNorm statistics the
+    differentiated forward starts from (see the class docstring) and the
+    clean eval-mode pass's outputs (None without "token_attention")."""
+    inputs, stats, clean = {}, state.batch_stats, None
     # Model inputs are data for the mixer: no gradient reaches the weights
     # through them (stop_gradient also documents it; they are computed
     # outside the differentiated loss anyway).
@@ -485,7 +653,15 @@ class StaticMixing:
           groups=self.bn_groups)
       inputs["cam"] = jax.lax.stop_gradient(
           models.class_activation_map(out, params, "one", labels))
-    return inputs, stats
+    if "token_attention" in self.needs:
+      from automix_jax import models  # Lazy, as build_model.
+      clean = jax.lax.stop_gradient(self.model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, images,
+          train=False))
+      inputs["token_attention"] = models.require_output(
+          clean, "token_attention",
+          needed_by=f"mixer {self.config.mixer.name!r}")
+    return inputs, stats, clean
 
   # --------------------------------------------------------------------------
 

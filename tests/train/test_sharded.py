@@ -28,11 +28,11 @@ def _config(**mixer_kwargs):
   return c
 
 
-def _run(devices, config, batches, key):
+def _run(devices, config, batches, key, size=8):
   mesh = sharding.make_mesh(devices)
   method = static.StaticMixing(config, num_classes=10, steps_per_epoch=5,
                                mesh=mesh)
-  sample = jnp.zeros((2, 8, 8, 3))
+  sample = jnp.zeros((2, size, size, 3))
   abstract = jax.eval_shape(method.init, key, sample)
   state_sh = sharding.state_shardings(abstract, mesh)
   batch_sh = sharding.batch_sharding(mesh)
