@@ -253,3 +253,25 @@ def test_8_devices_match_1_device():
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-5,
                               atol=1e-5)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("transmix", {}), ("tlalign", {}),
+    ("smmix", {"loss.smmix.enabled": True})])
+def test_whole_batch_targets_refuse_accumulation_and_sumix(name, overrides):
+  """Relabelled targets and SMMix's loss terms read the whole batch's pass:
+  gradient accumulation and SUMix (which corrects the mixer's λ targets)
+  are refused by name; the attention mixers without them are not."""
+  with pytest.raises(ValueError, match=r"`config.grad_accum_steps` > 1 does "
+                     r"not combine with a relabelling mixer"):
+    static.StaticMixing.check_config(
+        _vit_config(name, grad_accum_steps=2, **overrides))
+  sumix_config = _vit_config(name, **overrides)
+  sumix_config.label_mix = ml_collections.ConfigDict(
+      {"name": "sumix", "kwargs": {}})
+  with pytest.raises(ValueError, match=r"`config.label_mix` \(SUMix\) "
+                     r"corrects the mixer's λ targets"):
+    static.StaticMixing.check_config(sumix_config)
+  # TokenMix (clean-pass attention only) splits into micro-batches.
+  static.StaticMixing.check_config(_vit_config("tokenmix",
+                                               grad_accum_steps=2))
