@@ -257,8 +257,9 @@ def main(argv=None) -> int:
       # A method's baseline is timed first (and gets its own row).
       order = []
       for name in names:
-        base_name = BASELINE.get(name, "vanilla")
-        order += [n for n in (base_name, name) if n not in order]
+        for n in (BASELINE.get(name, "vanilla"), name):
+          if n not in order:
+            order.append(n)
       for name in order:
         compile_s, step_s = time_jax_method(name, width, args.steps,
                                             args.warmup)
