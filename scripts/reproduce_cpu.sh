@@ -37,6 +37,8 @@
 #                     repository root)
 #   PYTHON            .venv/bin/python
 #   DRY_RUN           0       1: print the commands, run nothing
+#   REPORT_ONLY       0       1: train nothing, write the report from the runs
+#                             finished so far (a partial sweep's honest table)
 #   CALIBRATION       results/proxy_calibration.md   appended to the report
 #                     (the pilots that chose the defaults); empty = none
 #
@@ -92,6 +94,7 @@ RESULTS="${RESULTS:-results/reproduce_cpu}"
 ARCHIVE="${AUTOMIX_CIFAR10_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}"  # from $root
 PYTHON="${PYTHON:-.venv/bin/python}"
 DRY_RUN="${DRY_RUN:-0}"
+REPORT_ONLY="${REPORT_ONLY:-0}"
 CALIBRATION="${CALIBRATION:-results/proxy_calibration.md}"
 
 die() { echo "reproduce_cpu.sh: $*" >&2; exit 2; }
@@ -165,6 +168,7 @@ for s in $SEEDS; do
     cmd="$(train_cmd "$m" "$s")"
     if [[ "$DRY_RUN" == 1 ]]; then echo "$cmd"; continue; fi
     if finished "$wd"; then echo "skip $wd (summary.json exists)"; continue; fi
+    if [[ "$REPORT_ONLY" == 1 ]]; then echo "not run yet: $wd"; continue; fi
     mkdir -p "$wd"
     echo "=== $(date '+%F %T') $m seed $s -> $wd"
     echo "$cmd"
@@ -180,7 +184,7 @@ done
 # The exact command lines, for the report.
 report_cmd="$invocation"$'\n\n'"# per run (<m> in METHODS, <k> in SEEDS; shown for seed ${SEEDS%% *}):"
 for m in $METHODS; do report_cmd+=$'\n'"$(train_cmd "$m" "${SEEDS%% *}")"; done
-report_cmd+=$'\n'"$PYTHON scripts/summarize_runs.py $OUT --out $RESULTS.md --curves-dir $RESULTS --paper-table${CALIBRATION:+ --appendix $CALIBRATION}"
+report_cmd+=$'\n'"$PYTHON scripts/summarize_runs.py $OUT --out $RESULTS.md --curves-dir $RESULTS --paper-table --finished-only${CALIBRATION:+ --appendix $CALIBRATION}"
 for wd in "$OUT"/*_seed*/; do
   finished "$wd" || continue
   keep="$RESULTS/runs/$(basename "$wd")"
@@ -195,7 +199,7 @@ done
 appendix=()
 [[ -f "$CALIBRATION" ]] && appendix=(--appendix "$CALIBRATION")
 "$PYTHON" scripts/summarize_runs.py "$OUT" --out "$RESULTS.md" \
-  --curves-dir "$RESULTS" --paper-table --command "$report_cmd" "${appendix[@]}" \
+  --curves-dir "$RESULTS" --paper-table --finished-only --command "$report_cmd" "${appendix[@]}" \
   --title "CPU-scale reproduction: ${METHODS// /, } on CIFAR-10 ($IMAGES_PER_CLASS images/class, width $WIDTH, augment $AUGMENT, image size ${IMAGE_SIZE}, $EPOCHS epochs, seeds ${SEEDS// /,})" \
   || exit $?
 if (( ${#failed[@]} )); then

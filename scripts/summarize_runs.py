@@ -33,7 +33,9 @@ Reads every ``RUN_ROOT/<method>_seed<k>/summary.json`` (as written by
   than half of the samples take over 90 % of the image from one source
   (``mask_whole_image_frac`` > 0.5), both as means over the last 10 % of the
   logged steps; *generator gradient vanished* when the generator's gradient
-  norm over that window is below 1 % of its mean over the first 10 %.
+  norm over that window is below 1 % of its mean over the first 10 %;
+  *spatially uniform throughout* when a sample's mask never varied over its
+  pixels (``mask_spatial_std`` peak below 0.01).
 * time: train seconds per epoch and seconds per evaluation of every run (from
   ``summary.json``'s ``train_time_s``, ``eval_time_s``, ``eval_seconds``).
 * a closing verdict on the paper's claims (every mixer beats vanilla; the
@@ -110,6 +112,10 @@ MASK_STATS = ("mask_saturated_frac", "mask_whole_image_frac",
 SATURATED_ABOVE = 0.5      # mean mask_saturated_frac over the last 10 %
 WHOLE_IMAGE_ABOVE = 0.5    # mean mask_whole_image_frac over the last 10 %
 GRAD_VANISHED_BELOW = 0.01  # last-10 % / first-10 % generator gradient norm
+# Peak over the run of mask_spatial_std (std over pixels of a sample's mask,
+# weights in [0, 1]): a binary cut of area a has std sqrt(a (1 - a)), 0.3 at
+# a = 0.1, so below 0.01 every pixel of a sample takes nearly the same weight.
+SPATIALLY_UNIFORM_BELOW = 0.01
 
 
 class NoRunsError(FileNotFoundError):
@@ -249,7 +255,10 @@ def mask_verdict(series: dict[str, tuple[list, list]]) -> dict | None:
   ``SATURATED_ABOVE``; collapsed to whole-image picks if the mean
   ``mask_whole_image_frac`` there exceeds ``WHOLE_IMAGE_ABOVE``; generator
   gradient vanished if its norm's mean there is below ``GRAD_VANISHED_BELOW``
-  times its mean over the first 10 %. None without mask statistics.
+  times its mean over the first 10 %; spatially uniform throughout if
+  ``mask_spatial_std`` never reaches ``SPATIALLY_UNIFORM_BELOW`` (the mask is
+  then a per-sample mixing weight, not a spatial mask). None without mask
+  statistics.
   """
   if "mask_saturated_frac" not in series:
     return None
@@ -267,6 +276,8 @@ def mask_verdict(series: dict[str, tuple[list, list]]) -> dict | None:
     flags.append("collapsed to whole-image picks")
   if grad_ratio is not None and grad_ratio < GRAD_VANISHED_BELOW:
     flags.append("generator gradient vanished")
+  if peak.get("mask_spatial_std", 1.0) < SPATIALLY_UNIFORM_BELOW:
+    flags.append("spatially uniform throughout")
   return {"last": last, "peak": peak, "grad_ratio": grad_ratio,
           "flags": flags, "steps": len(series["mask_saturated_frac"][0])}
 
@@ -281,8 +292,9 @@ def display(method: str) -> str:
   return DISPLAY.get(method, method)
 
 
-def find_runs(run_root: str) -> list[dict]:
-  """Every ``<run_root>/<method>_seed<k>/summary.json``, sorted by method, seed.
+def find_runs(run_root: str, *, finished_only: bool = False) -> list[dict]:
+  """Every ``<run_root>/<method>_seed<k>/summary.json``, sorted by method, seed
+  (with ``finished_only``, without the runs that stopped early).
 
   Raises:
     NoRunsError: ``run_root`` does not exist or holds no finished run.
@@ -294,7 +306,9 @@ def find_runs(run_root: str) -> list[dict]:
     d = os.path.join(run_root, name)
     if (RUN_DIR_RE.match(name) and os.path.isdir(d)
         and os.path.isfile(os.path.join(d, SUMMARY_FILE))):
-      runs.append(load_run(d))
+      run = load_run(d)
+      if run["complete"] or not finished_only:
+        runs.append(run)
   if not runs:
     raise NoRunsError(
         f"RUN_ROOT {run_root!r} holds no runs: expected "
@@ -629,10 +643,14 @@ def mask_section(runs: list[dict], curves: dict[str, str] | None
         f"to whole-image picks** if the fraction of samples where one source "
         f"covers over 90 % of the image exceeds {WHOLE_IMAGE_ABOVE:g}; "
         f"**generator gradient vanished** if the generator's gradient norm "
-        f"fell below {GRAD_VANISHED_BELOW:g} of its first-10 % mean. A "
-        "saturated mask is not wrong in itself (a hard cut is saturated); "
-        "with a vanished generator gradient it means the generator stopped "
-        "learning.", ""]
+        f"fell below {GRAD_VANISHED_BELOW:g} of its first-10 % mean; "
+        f"**spatially uniform throughout** if the spatial std of a sample's "
+        f"mask never reached {SPATIALLY_UNIFORM_BELOW:g} during the run "
+        "(every pixel of a sample takes nearly the same weight: the "
+        "generator mixes like a per-sample MixUp, not with a spatial mask; "
+        "a binary cut of area 0.1 has std 0.3). A saturated mask is not "
+        "wrong in itself (a hard cut is saturated); with a vanished "
+        "generator gradient it means the generator stopped learning.", ""]
   if rows:
     L += ["| run | saturated frac | whole-image frac | spatial std | "
           "dominance | area-λ gap | generator grad norm (x its first-10 % "
@@ -652,8 +670,8 @@ def mask_section(runs: list[dict], curves: dict[str, str] | None
     flagged = [f"{r['name']} ({', '.join(v['flags'])})" for r, v in rows
                if v["flags"]]
     L.append("By this rule: " + ("; ".join(flagged) + "." if flagged else
-             "no run saturated, collapsed to whole-image picks or lost its "
-             "generator gradient."))
+             "no run saturated, collapsed to whole-image picks, lost its "
+             "generator gradient or kept spatially uniform masks."))
     L.append("")
   if learned_without:
     L += ["No mask statistics in the metrics of: "
@@ -1078,9 +1096,10 @@ def write_curves(runs: list[dict], curves_dir: str) -> dict[str, str]:
 
 def summarize(run_root: str, out: str, *, paper_table: bool = False,
               curves_dir: str | None = None, command: str | None = None,
-              title: str = "", appendix: Sequence[str] = ()) -> str:
+              title: str = "", appendix: Sequence[str] = (),
+              finished_only: bool = False) -> str:
   """Writes the markdown report (and curves when ``curves_dir``); returns it."""
-  runs = find_runs(run_root)
+  runs = find_runs(run_root, finished_only=finished_only)
   curves = write_curves(runs, curves_dir) if curves_dir else None
   text = render(runs, run_root=run_root, command=command or "",
                 paper_table=paper_table, curves=curves, out_path=out,
@@ -1110,6 +1129,8 @@ def main(argv=None) -> int:
                  help="markdown file to append to the report (headings one "
                       "level down; repeatable), e.g. the pilot that chose the "
                       "setting")
+  p.add_argument("--finished-only", action="store_true",
+                 help="leave out runs that stopped early (a sweep in progress)")
   args = p.parse_args(argv)
   for path in args.appendix:
     if not os.path.isfile(path):
@@ -1124,7 +1145,7 @@ def main(argv=None) -> int:
   try:
     summarize(args.run_root, args.out, paper_table=args.paper_table,
               curves_dir=curves_dir, command=command, title=args.title,
-              appendix=args.appendix)
+              appendix=args.appendix, finished_only=args.finished_only)
   except NoRunsError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

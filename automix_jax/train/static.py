@@ -323,7 +323,7 @@ class StaticMixing:
   * ``"copy"``: the online model's running statistics are copied. Cheaper, but
     the statistics then describe the online weights, not the lagging EMA
     weights; in short runs this cost the EMA model 10-20 points of top-1
-    (results/reproduce_cpu.md, earlier reduced run).
+    (results/reproduce_cpu_underfit.md, the earlier reduced run).
 
   Model-aware mixers (``mixers.needs(config.mixer.name)``, computed in the
   same jitted step, never differentiated into the mixing):

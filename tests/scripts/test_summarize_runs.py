@@ -328,3 +328,30 @@ def test_appendix_is_appended_one_level_down(tmp_path, capsys):
   assert sr.main([str(tmp_path / "r"), "--out", str(out), "--no-curves",
                   "--appendix", str(tmp_path / "missing.md")]) == 2
   assert "--appendix" in capsys.readouterr().err
+
+
+def test_finished_only_leaves_out_stopped_runs(tmp_path):
+  write_run(tmp_path / "r", "vanilla_seed0", flat(10, 30), flat(10, 30))
+  stopped = write_run(tmp_path / "r", "vanilla_seed1", flat(3, 50),
+                      flat(3, 50), epochs=10)
+  s = json.loads((stopped / "summary.json").read_text())
+  s["stopped_at_step"] = 30
+  (stopped / "summary.json").write_text(json.dumps(s))
+  both = sr.summarize(str(tmp_path / "r"), str(tmp_path / "a.md"))
+  assert "unfinished runs (stopped early): vanilla_seed1" in both
+  only = sr.summarize(str(tmp_path / "r"), str(tmp_path / "b.md"),
+                      finished_only=True)
+  assert "vanilla_seed1" not in only and "| 1 | Vanilla | 0 | 30.00" in only
+
+
+def test_mask_verdict_spatially_uniform():
+  steps = list(range(20))
+  base = {"mask_saturated_frac": (steps, [0.0] * 20),
+          "mask_whole_image_frac": (steps, [0.0] * 20)}
+  # Never above 0.01 over the whole run -> flagged; one step at 0.3 -> not.
+  flat_mask = sr.mask_verdict({**base, "mask_spatial_std": (
+      steps, [0.001] * 19 + [0.009])})
+  assert flat_mask["flags"] == ["spatially uniform throughout"]
+  cut = sr.mask_verdict({**base, "mask_spatial_std": (
+      steps, [0.001] * 10 + [0.3] + [0.001] * 9)})
+  assert cut["flags"] == []
