@@ -28,7 +28,9 @@ images, uint8 out, needed before the PIL RandAugment) and a device version
 (``random_resized_crop_jax``: each resize is two batched matmuls with
 per-example weight matrices, so one jitted program serves every crop size).
 Jitter and erasing run on device only: they act on floats after the
-normalisation, which is the device half's job.
+normalisation, which is the device half's job. The host crops also take a list
+of images of different sizes (TFDS ``imagenet2012``): each box is drawn from
+its own image's size, and ``center_crop_np`` is the eval transform on the host.
 
 The samplers turn uniforms into boxes with the same code for NumPy (host,
 float64) and ``jax.numpy`` (device, float32), so the host and device crops
