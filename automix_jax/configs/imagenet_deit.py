@@ -18,9 +18,11 @@ Not reproduced: repeated augmentation (DeiT's ``RASampler``; the data
 iterator has no such sampler) and the warm-up shape (DeiT's timm scheduler
 raises the lr once per epoch, mmcv's warm-up here once per step). DeiT keeps
 a model EMA (0.99996) but reports the online weights; ``ema`` adds it.
-TFDS ``imagenet2012`` images vary in size, which ``open_tfds`` does not
-accept yet: the data must be stored at a fixed size (see
-``configs/adautomix/imagenet.py``).
+TFDS ``imagenet2012`` (prepared with ``tfds build imagenet2012
+--file_format=array_record``) has images of varying size: each is cropped on
+the host from its original size (RandomResizedCrop; eval resize 256 + centre
+crop 224) before the batch is stacked, as DeiT's torchvision pipeline does
+(``Augment.for_variable_size``, docs/interfaces.md "Data").
 
 Args (``:k=v,...``): mixer (as configs/cifar100_deit.py; default deit),
 model (deit_s | deit_t | swin_t), epochs, decouple, ema.

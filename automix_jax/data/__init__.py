@@ -3,7 +3,10 @@ batch iterators.
 
 A *source* has ``len(source)``, ``source.num_classes``, ``source.image_shape``
 ``(H, W, C)`` and ``source[indices] -> {"image": uint8 [n, H, W, C],
-"label": int32 [n]}``. See docs/interfaces.md ("Data").
+"label": int32 [n]}``; a source whose images vary in size (e.g. TFDS
+``imagenet2012``) has ``image_shape`` ``(None, None, C)`` and reads a list of
+uint8 ``[H_i, W_i, C]``, which the crop augmentations make into
+``[n, image_size, image_size, C]`` batches. See docs/interfaces.md ("Data").
 
 Typical use::
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from automix_jax.data.augment import (CIFAR_MEAN, CIFAR_STD, KINDS, Augment,
                                       augment_jax, eval_transform,
                                       normalize_np, random_crop_flip_np,
@@ -30,26 +35,30 @@ from automix_jax.data.augment import from_config as augment_from_config
 from automix_jax.data.offline import (CIFAR10_CLASSES, ArraySource,
                                       distinct_class_indices,
                                       load_cifar10_archive, subset_per_class)
-from automix_jax.data.pipeline import TrainIterator, eval_batches
+from automix_jax.data.pipeline import TrainIterator, eval_batches, variable_size
 from automix_jax.data.randaugment import randaugment_np
 from automix_jax.data.tfds_source import TfdsSource, open_tfds
-from automix_jax.data.transforms import (center_crop_jax, color_jitter_jax,
+from automix_jax.data.transforms import (center_crop_jax, center_crop_np,
+                                         color_jitter_jax,
                                          random_erasing_jax,
                                          random_resized_crop_jax,
                                          random_resized_crop_np,
                                          resized_crop_jax, resized_crop_np)
 
 ARCHIVE_NAME = "cifar10_archive"
+_LABEL_CHUNK = 1024  # examples read at a time to find a per-class subset
 
 __all__ = [
     "ArraySource", "Augment", "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD",
     "KINDS", "TfdsSource", "TrainIterator", "augment_from_config",
-    "augment_jax", "build_sources", "center_crop_jax", "color_jitter_jax",
+    "augment_jax", "build_sources", "center_crop_jax", "center_crop_np",
+    "color_jitter_jax",
     "distinct_class_indices",
     "eval_batches", "eval_transform", "fingerprint", "load_cifar10_archive",
     "normalize_np", "open_tfds", "randaugment_np", "random_crop_flip_np",
     "random_erasing_jax", "random_resized_crop_jax", "random_resized_crop_np",
     "resize_jax", "resized_crop_jax", "resized_crop_np", "subset_per_class",
+    "variable_size",
 ]
 
 
@@ -65,7 +74,8 @@ def build_sources(data_config):
   Keys: ``name`` ("cifar10_archive" or a TFDS name), ``archive_path``,
   ``cache_dir``, ``tfds_data_dir``, ``train_split``, ``test_split``,
   ``images_per_class`` (0 = all; > 0: a fixed subset of the *training* set
-  drawn with ``subset_seed``), ``subset_seed``.
+  drawn with ``subset_seed``; in memory, or for images of varying size a
+  ``TfdsSource.subset`` of indices), ``subset_seed``.
 
   Raises:
     FileNotFoundError: missing archive / unprepared TFDS data.
@@ -107,11 +117,23 @@ def build_sources(data_config):
         raise ValueError(
             "config data.images_per_class > 0 with a multi-process TFDS source "
             "is not supported (the subset must be drawn over the whole split).")
-      everything = train[list(range(len(train)))]
-      x_tr, y_tr = subset_per_class(everything["image"], everything["label"],
-                                    ipc, subset_seed,
-                                    num_classes=train.num_classes)
-      train = ArraySource(x_tr, y_tr, num_classes=train.num_classes)
+      if train.variable_size:
+        # Images of different sizes cannot be one array: keep the subset's
+        # indices and read from the TFDS files. Labels are read in chunks so
+        # that the images are not all held at once.
+        n = len(train)
+        labels = np.concatenate([
+            train[np.arange(i, min(i + _LABEL_CHUNK, n))]["label"]
+            for i in range(0, n, _LABEL_CHUNK)])
+        keep, _ = subset_per_class(np.arange(n), labels, ipc, subset_seed,
+                                   num_classes=train.num_classes)
+        train = train.subset(keep)
+      else:
+        everything = train[list(range(len(train)))]
+        x_tr, y_tr = subset_per_class(everything["image"], everything["label"],
+                                      ipc, subset_seed,
+                                      num_classes=train.num_classes)
+        train = ArraySource(x_tr, y_tr, num_classes=train.num_classes)
   logging.info("build_sources(%s): train %r, test %r", name, train, test)
   return train, test
 

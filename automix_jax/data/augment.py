@@ -37,10 +37,20 @@ accelerator it keeps the scarce host CPU free (``results/bench_augment.md``
 has the 224-px numbers). ``backend="numpy"`` (same semantics, different
 random draws) stays available. The kinds with RandAugment (Pillow) are
 host-only: their crop must come before it.
+
+Variable-size images (a source whose ``image_shape`` is ``(None, None, C)``,
+e.g. TFDS ``imagenet2012``, read as a list of uint8 ``[H_i, W_i, C]``) go
+through ``Augment.for_variable_size()``: the numpy backend, so that the
+geometry that makes every image ``image_size`` square runs on the host, per
+image, before the batch is stacked, as in timm / big_vision input pipelines.
+Only the crop kinds can train on them (RandomResizedCrop's box is drawn
+relative to each image's own height and width); the eval transform resizes
+each image's shorter side to ``image_size / crop_pct`` and centre crops.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import jax
@@ -240,7 +250,8 @@ class Augment:
           f"`image_size` must be an int >= 0 (0 = native), got {image_size!r}.")
     if name in CROP_KINDS and image_size == 0:
       raise ValueError(
-          f"augment {name!r} crops to `image_size`: it must be > 0 (e.g. 224).")
+          f"augment {name!r} crops to `image_size` (config key "
+          "`data.image_size`): it must be > 0 (e.g. 224).")
     if resize_method is None:
       resize_method = "bicubic" if name == "deit" else "bilinear"
     if resize_method not in RESIZE_METHODS:
@@ -304,8 +315,56 @@ class Augment:
             f"std={self.std.tolist()})")
 
   def output_shape(self, image_shape: Sequence[int]):
+    """The batch's ``(S, S, C)`` for source images of ``image_shape``
+    (``(None, None, C)`` for variable-size sources)."""
     h, w, c = image_shape
-    return (self.image_size, self.image_size, c) if self.image_size else (h, w, c)
+    if self.image_size:
+      return (self.image_size, self.image_size, c)
+    if h is None or w is None:
+      raise ValueError(
+          f"Images of varying size {tuple(image_shape)} need config key "
+          "`data.image_size` > 0 (the size every image is cropped to).")
+    return (h, w, c)
+
+  def host_geometry(self) -> bool:
+    """Whether ``host`` makes the images ``image_size`` square (so that it can
+    take variable-size images): a crop kind, or the eval centre crop, on the
+    numpy backend."""
+    return self.backend == "numpy" and (
+        self.name in CROP_KINDS or (self.name == "none"
+                                    and self.crop_pct is not None))
+
+  def for_variable_size(self) -> "Augment":
+    """This augment for a source whose images vary in size.
+
+    The same transform with its geometry on the host (``backend="numpy"``):
+    RandomResizedCrop ("imagenet", "deit") or the eval resize + centre crop
+    ("none" with ``crop_pct``) per image. Random draws come from the same
+    ``host`` Generator as for fixed-size images (the numpy backend's draws).
+
+    Raises:
+      ValueError: any other kind (a crop to ``image_size`` is what makes a
+        batch of different-size images one array).
+    """
+    if self.name not in CROP_KINDS and not (self.name == "none"
+                                            and self.crop_pct is not None):
+      if self.name == "none":
+        raise ValueError(
+            "The eval transform of a dataset whose images vary in size needs "
+            "config keys `data.image_size` > 0 and `data.crop_pct` (resize "
+            "the shorter side to image_size / crop_pct, centre crop); got "
+            f"image_size={self.image_size}, crop_pct={self.crop_pct}.")
+      raise ValueError(
+          f"config key `data.augment`={self.name!r} cannot take images that "
+          f"vary in size (e.g. TFDS imagenet2012): only the crop kinds "
+          f"{CROP_KINDS} accept them (RandomResizedCrop to `data.image_size` "
+          "on the host, per image).")
+    if self.backend == "numpy":
+      return self
+    other = copy.copy(self)
+    other.backend = "numpy"
+    other._jitted = {}  # pylint: disable=protected-access
+    return other
 
   def eval_version(self) -> "Augment":
     """The deterministic eval transform with this augment's mean, std, size,
@@ -315,11 +374,29 @@ class Augment:
                           resize_method=self.resize_method,
                           crop_pct=self.crop_pct)
 
-  def host(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 ``[b, H, W, C]`` -> uint8 ``[b, H', W', C]`` (random geometry)."""
-    _check_uint8_batch(images)
-    if self.name == "none" or self.backend == "jax":
+  def host(self, images, rng: np.random.Generator | None) -> np.ndarray:
+    """uint8 ``[b, H, W, C]`` -> uint8 ``[b, H', W', C]`` (random geometry).
+
+    When ``host_geometry()`` (see ``for_variable_size``), ``images`` may also
+    be a list of uint8 ``[H_i, W_i, C]`` of different sizes; the result is
+    ``[b, image_size, image_size, C]``. ``rng`` may be None for "none" (no
+    random draws).
+    """
+    if isinstance(images, np.ndarray) and images.dtype != object:
+      _check_uint8_batch(images)
+    elif not self.host_geometry():
+      raise ValueError(
+          f"`images` of varying size (a {type(images).__name__}) need the host "
+          f"crop of `Augment.for_variable_size()`; this is {self!r}.")
+    # else: a list of [H_i, W_i, C], checked image by image in `transforms`.
+    if self.backend == "jax":
       return images
+    if self.name == "none":
+      if self.crop_pct is None:
+        return images
+      return T.center_crop_np(images, size=self.image_size,
+                              crop_pct=self.crop_pct,
+                              interpolation=self.resize_method)
     if self.name in CROP_KINDS:
       x = T.random_resized_crop_np(
           images, rng, size=self.image_size, scale=self.crop_scale,
@@ -335,7 +412,8 @@ class Augment:
   def _device_fn(self, x, seed, epoch, step):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch),
                              step)
-    center_crop = self.name == "none" and self.crop_pct is not None
+    center_crop = (self.name == "none" and self.crop_pct is not None
+                   and self.backend == "jax")  # numpy: done by `host`
     if self.backend == "jax" and self.name == "cifar":
       x = _crop_flip_jax(key, x, padding=self.padding, flip=self.flip)
     elif self.backend == "jax" and self.name == "imagenet":
@@ -351,7 +429,8 @@ class Augment:
           jax.random.fold_in(key, 1), x.astype(jnp.float32) / 255.0,
           color_jitter=self.color_jitter)
     x = _normalize_jax(x, self.mean, self.std)
-    if self.image_size and self.name not in CROP_KINDS and not center_crop:
+    if (self.image_size and self.name not in CROP_KINDS
+        and not (self.name == "none" and self.crop_pct is not None)):
       x = resize_jax(x, self.image_size, self.resize_method)
     if self.erasing_prob:
       x = T.random_erasing_jax(jax.random.fold_in(key, 2), x,

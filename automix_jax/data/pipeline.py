@@ -16,6 +16,12 @@ and takes its contiguous slice ``[p * B / P, (p + 1) * B / P)`` of each global
 batch; ``jax.make_array_from_process_local_data`` assembles the global array.
 A process-local source (``source.process_local``, e.g. ``open_tfds`` with
 several processes) is permuted and batched per process instead.
+
+A source whose images vary in size (``image_shape`` ``(None, None, C)``, its
+reads a list of uint8 ``[H_i, W_i, C]``) runs ``augment.for_variable_size()``:
+the crop to ``image_size`` happens on the host, per image of this process's
+slice, before the batch is stacked; the batch shape is
+``augment.output_shape(source.image_shape)``.
 """
 
 from __future__ import annotations
@@ -41,8 +47,31 @@ def _check_source(source, arg="source"):
           f"`{arg}` must follow the data source protocol (len, num_classes, "
           f"image_shape, __getitem__(indices)); {type(source).__name__} lacks "
           f"{attr!r}.")
+  shape = tuple(source.image_shape)
+  if (len(shape) != 3 or shape[2] is None
+      or any(d is not None and int(d) <= 0 for d in shape)):
+    raise ValueError(
+        f"`{arg}.image_shape` must be (H, W, C) with H and W positive ints or "
+        f"None (images of varying size), C a positive int; got {shape}.")
   if len(source) == 0:
     raise ValueError(f"`{arg}` is empty.")
+
+
+def variable_size(source) -> bool:
+  """Whether ``source``'s images vary in size (``image_shape`` H or W None)."""
+  h, w, _ = source.image_shape
+  return h is None or w is None
+
+
+def _for_source(augment: Augment, source) -> Augment:
+  """``augment``, or its host-cropping version for a variable-size source."""
+  if not variable_size(source):
+    return augment
+  out = augment.for_variable_size()
+  if out is not augment:
+    logging.info("Images vary in size %s: %r runs its crop on the host, per "
+                 "image.", tuple(source.image_shape), out)
+  return out
 
 
 def _num_devices(sharding) -> int:
@@ -143,7 +172,7 @@ class TrainIterator:
     self.global_batch_size = int(global_batch_size)
     self.local_batch_size = self.global_batch_size // self.process_count
     self.seed = int(seed)
-    self.augment: Augment = as_augment(augment)
+    self.augment: Augment = _for_source(as_augment(augment), source)
     self.sharding = sharding
     self.label_sharding = _label_sharding(sharding)
     self.prefetch = int(prefetch)
@@ -238,11 +267,15 @@ class TrainIterator:
     """This process's host batch: ``{"image": uint8 [B/P, H, W, C], "label"}``.
 
     The image is after the host half of the augmentation (before the device
-    half: normalisation, resize, and the JAX-backend crop/flip).
+    half: normalisation, resize, and the JAX-backend crop/flip); for a
+    variable-size source, ``(H, W)`` is ``augment.image_size`` squared.
     """
     data = self.source[self.local_indices(epoch, position)]
     rng = np.random.default_rng([self.seed, epoch, position, self.process_index])
-    return {"image": self.augment.host(np.asarray(data["image"]), rng),
+    images = data["image"]
+    if not variable_size(self.source):
+      images = np.asarray(images)
+    return {"image": self.augment.host(images, rng),
             "label": np.asarray(data["label"], np.int32)}
 
   def _global_batch(self, epoch: int, position: int, local) -> Batch:
@@ -354,6 +387,8 @@ def eval_batches(source, *, batch_size: int, sharding, normalize,
                  process_count: Optional[int] = None) -> Iterator[Batch]:
   """One full pass over ``source`` in order, the last batch padded.
 
+  Arguments are checked when called (not at the first batch).
+
   Yields:
     ``{"image": float32 [B, H', W', C], "label": int32 [B], "mask": bool [B]}``
     global ``jax.Array`` s; ``mask`` is False on padding (zero images, label
@@ -361,19 +396,29 @@ def eval_batches(source, *, batch_size: int, sharding, normalize,
     (B / P))`` on every process, so all processes run the same count).
 
   Args:
-    source: a data source.
+    source: a data source; images of varying size (``image_shape`` ``(None,
+      None, C)``) are resized and centre-cropped on the host, per image.
     batch_size: global B, divisible by device and process counts.
     sharding: sharding of the image batch.
     normalize: an ``Augment`` (its ``eval_version()`` runs: mean/std, size,
       filter and centre crop, never random geometry) or a ``(mean, std)``
       pair.
     process_index, process_count: defaults from jax.
+
+  Raises:
+    ValueError: bad arguments; a variable-size source without
+      ``image_size`` > 0 and ``crop_pct`` in ``normalize``.
   """
   _check_source(source)
   pi = jax.process_index() if process_index is None else int(process_index)
   pc = jax.process_count() if process_count is None else int(process_count)
   _check_batch_size(batch_size, sharding, pc, "batch_size")
-  ev = as_augment(normalize, arg="normalize").eval_version()
+  ev = _for_source(as_augment(normalize, arg="normalize").eval_version(),
+                   source)
+  return _eval_batches(source, batch_size, sharding, ev, pi, pc)
+
+
+def _eval_batches(source, batch_size, sharding, ev, pi, pc):
   lb = batch_size // pc
   n = len(source)
   label_sharding = _label_sharding(sharding)
@@ -384,15 +429,20 @@ def eval_batches(source, *, batch_size: int, sharding, normalize,
   else:
     num_batches = math.ceil(n / batch_size)
     offset = pi * lb
-  h, w, c = source.image_shape
+  shape = (ev.output_shape(source.image_shape) if variable_size(source)
+           else tuple(source.image_shape))
   for k in range(num_batches):
     start = k * (lb if getattr(source, "process_local", False) else batch_size)
     idx = np.arange(start + offset, start + offset + lb)
     mask = idx < n
     data = source[idx[mask]]
-    images = np.zeros((lb, h, w, c), np.uint8)
+    images = np.zeros((lb, *shape), np.uint8)
     labels = np.zeros((lb,), np.int32)
-    images[mask] = data["image"]
+    if variable_size(source):
+      if mask.any():  # the eval resize + centre crop, deterministic
+        images[mask] = ev.host(data["image"], None)
+    else:
+      images[mask] = data["image"]
     labels[mask] = data["label"]
     x = jax.make_array_from_process_local_data(sharding, images)
     yield {"image": ev.device(x, sharding=sharding),

@@ -8,11 +8,18 @@ prepared in the ``array_record`` format::
 
 For multi-host training each process opens only its own part of the split
 (``tfds.split_for_jax_process``), as the flax gemma example does.
+
+Datasets whose images vary in size (``imagenet2012``, ``caltech_birds2011``,
+``cars196``, ...: image feature ``(None, None, 3)``) report ``image_shape``
+``(None, None, C)`` and read as a *list* of uint8 ``[H_i, W_i, C]``; the
+train / eval crops to ``data.image_size`` make the batch
+(``Augment.for_variable_size``).
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Dict, Optional
 
 import numpy as np
@@ -33,6 +40,8 @@ class TfdsSource:
   ``len(source)`` (examples of *this process* when ``process_local``),
   ``num_classes``, ``image_shape`` ``(H, W, C)`` and
   ``source[indices] -> {"image": uint8 [n, H, W, C], "label": int32 [n]}``.
+  With images of varying size ``image_shape`` is ``(None, None, C)`` and
+  ``"image"`` a list of n uint8 ``[H_i, W_i, C]``.
   ``num_examples_global`` is the size of the whole split (all processes), or
   None when TFDS does not know it.
   """
@@ -41,14 +50,19 @@ class TfdsSource:
                image_shape, image_key: str = "image", label_key: str = "label",
                process_local: bool = False,
                num_examples_global: Optional[int] = None,
-               global_split: Optional[str] = None):
+               global_split: Optional[str] = None,
+               subset: Optional[np.ndarray] = None):
     self._ds = data_source
     self.name = name
     self.split = split
     # The split all processes share (``split`` is this process's part).
     self.global_split = split if global_split is None else global_split
     self.num_classes = int(num_classes)
-    self.image_shape = tuple(int(d) for d in image_shape)
+    self.image_shape = tuple(None if d is None else int(d)
+                             for d in image_shape)
+    self.variable_size = None in self.image_shape[:2]
+    # Indices into the split (``subset``), or None for all of it.
+    self._subset = None if subset is None else np.asarray(subset, np.int64)
     self.image_key = image_key
     self.label_key = label_key
     self.process_local = bool(process_local)
@@ -65,11 +79,34 @@ class TfdsSource:
     """
     size = self.num_examples_global
     if size is None:  # unknown split size: only this process's part is known
-      size = "?" if self.process_local else len(self)
-    return f"tfds:{self.name}:{self.global_split}:{size}"
+      size = "?" if self.process_local else len(self._ds)
+    out = f"tfds:{self.name}:{self.global_split}:{size}"
+    if self._subset is not None:
+      crc = zlib.crc32(np.ascontiguousarray(self._subset).data)
+      out += f":subset{len(self._subset)}:{crc & 0xFFFFFFFF:08x}"
+    return out
+
+  def subset(self, indices) -> "TfdsSource":
+    """The examples ``indices`` of this source (e.g. an ``images_per_class``
+    subset), read from the same TFDS files."""
+    if self.process_local:
+      raise ValueError("A subset of a process-local TFDS source is not "
+                       "supported (the subset must be drawn over the whole "
+                       "split).")
+    idx = check_indices(indices, len(self))
+    idx = np.where(idx < 0, idx + len(self), idx)
+    if self._subset is not None:
+      idx = self._subset[idx]
+    return TfdsSource(self._ds, name=self.name, split=self.split,
+                      global_split=self.global_split,
+                      num_classes=self.num_classes,
+                      image_shape=self.image_shape, image_key=self.image_key,
+                      label_key=self.label_key, process_local=False,
+                      num_examples_global=self.num_examples_global,
+                      subset=idx)
 
   def __len__(self) -> int:
-    return len(self._ds)
+    return len(self._ds) if self._subset is None else len(self._subset)
 
   def _read(self, keys):
     if self._batched:
@@ -85,9 +122,12 @@ class TfdsSource:
   def __getitem__(self, indices) -> Dict[str, np.ndarray]:
     idx = check_indices(indices, len(self))
     idx = np.where(idx < 0, idx + len(self), idx)
+    if self._subset is not None:
+      idx = self._subset[idx]
     records = self._read([int(i) for i in idx])
     if not records:
-      return {"image": np.zeros((0, *self.image_shape), np.uint8),
+      return {"image": ([] if self.variable_size else
+                        np.zeros((0, *self.image_shape), np.uint8)),
               "label": np.zeros((0,), np.int32)}
     try:
       images = [np.asarray(r[self.image_key]) for r in records]
@@ -98,15 +138,19 @@ class TfdsSource:
           f"`image_key`={self.image_key!r} / `label_key`={self.label_key!r} "
           "must be among them.") from e
     for im in images:
-      if im.shape != self.image_shape or im.dtype != np.uint8:
+      if (im.dtype != np.uint8 or im.ndim != 3 or 0 in im.shape
+          or any(d is not None and d != e
+                 for d, e in zip(self.image_shape, im.shape))):
         raise ValueError(
             f"TFDS {self.name!r}: image of shape {im.shape} dtype {im.dtype}, "
-            f"expected uint8 {self.image_shape}. Variable-size datasets are "
-            "not supported by this source.")
+            f"expected uint8 {self.image_shape} (None: any size).")
+    if self.variable_size:  # one crop per image makes the batch (augment)
+      return {"image": images, "label": labels.astype(np.int32)}
     return {"image": np.stack(images), "label": labels.astype(np.int32)}
 
   def __repr__(self) -> str:
-    return (f"TfdsSource({self.name!r}, split={self.split!r}, n={len(self)}, "
+    sub = "" if self._subset is None else ", subset"
+    return (f"TfdsSource({self.name!r}, split={self.split!r}{sub}, n={len(self)}, "
             f"image_shape={self.image_shape}, num_classes={self.num_classes}, "
             f"process_local={self.process_local})")
 
@@ -124,7 +168,8 @@ def open_tfds(name: str, split: str, *, data_dir: Optional[str] = None,
     process_split: when True and there are several JAX processes, open only
       this process's part (``tfds.split_for_jax_process``; sizes differ by at
       most one example, see ``TrainIterator`` for how that is handled).
-    image_key: feature key of the uint8 ``[H, W, C]`` image.
+    image_key: feature key of the uint8 ``[H, W, C]`` image; H and W may be
+      None (images of varying size, e.g. ``imagenet2012``).
     label_key: feature key of the ``ClassLabel``.
     process_index: default ``jax.process_index()`` (override for tests).
     process_count: default ``jax.process_count()``.
@@ -162,10 +207,11 @@ def open_tfds(name: str, split: str, *, data_dir: Optional[str] = None,
         f"TFDS {name!r} feature {label_key!r} is not a ClassLabel; cannot "
         "infer num_classes.")
   image_shape = tuple(features[image_key].shape)
-  if len(image_shape) != 3 or any(d is None for d in image_shape):
+  if len(image_shape) != 3 or image_shape[2] is None:
     raise ValueError(
         f"TFDS {name!r} image feature {image_key!r} has shape {image_shape}; "
-        "only fixed-size [H, W, C] images are supported.")
+        "only [H, W, C] images with a known C are supported (H, W may be "
+        "None: images of varying size).")
 
   if process_index is None or process_count is None:
     import jax

@@ -28,7 +28,9 @@ images, uint8 out, needed before the PIL RandAugment) and a device version
 (``random_resized_crop_jax``: each resize is two batched matmuls with
 per-example weight matrices, so one jitted program serves every crop size).
 Jitter and erasing run on device only: they act on floats after the
-normalisation, which is the device half's job.
+normalisation, which is the device half's job. The host crops also take a list
+of images of different sizes (TFDS ``imagenet2012``): each box is drawn from
+its own image's size, and ``center_crop_np`` is the eval transform on the host.
 
 The samplers turn uniforms into boxes with the same code for NumPy (host,
 float64) and ``jax.numpy`` (device, float32), so the host and device crops
@@ -327,7 +329,38 @@ def _pil_resample(interpolation):
           "nearest": Image.Resampling.NEAREST}[interpolation]
 
 
-def random_resized_crop_np(images: np.ndarray, rng: np.random.Generator, *,
+def _uint8_images(images, arg="images"):
+  """``(n, heights, widths, C)`` of a uint8 batch ``[B, H, W, C]`` or a
+  sequence of uint8 ``[H_i, W_i, C]`` images (variable-size sources), C in
+  (1, 3)."""
+  if isinstance(images, np.ndarray) and images.dtype != object:
+    b, h, w, c = _check_batch(images, arg, uint8=True, channels=(1, 3))
+    return b, [h] * b, [w] * b, c
+  if not isinstance(images, (list, tuple, np.ndarray)):
+    raise ValueError(
+        f"`{arg}` must be a uint8 array [B, H, W, C] or a sequence of uint8 "
+        f"[H_i, W_i, C] arrays; got {type(images).__name__}.")
+  shapes = []
+  for i, im in enumerate(images):
+    shape = getattr(im, "shape", None)
+    if (not isinstance(im, np.ndarray) or im.dtype != np.uint8
+        or im.ndim != 3 or shape[-1] not in (1, 3) or 0 in shape):
+      raise ValueError(
+          f"`{arg}[{i}]` must be a non-empty uint8 array [H_i, W_i, C] with C "
+          f"in (1, 3); got shape {shape} dtype {getattr(im, 'dtype', None)}.")
+    shapes.append(shape)
+  if len({s[-1] for s in shapes}) > 1:
+    raise ValueError(f"`{arg}` mixes channel counts {sorted({s[-1] for s in shapes})}.")
+  c = shapes[0][-1] if shapes else 3
+  return len(shapes), [s[0] for s in shapes], [s[1] for s in shapes], c
+
+
+def _to_pil(image):
+  from PIL import Image
+  return Image.fromarray(image if image.shape[-1] == 3 else image[..., 0])
+
+
+def random_resized_crop_np(images, rng: np.random.Generator, *,
                            size: int, scale=IMAGENET_SCALE, ratio=IMAGENET_RATIO,
                            interpolation: str = "bilinear",
                            flip: bool = True) -> np.ndarray:
@@ -335,10 +368,14 @@ def random_resized_crop_np(images: np.ndarray, rng: np.random.Generator, *,
 
   Per image ``PIL.Image.crop(box).resize((size, size), filter)``: what
   torchvision's ``RandomResizedCrop`` runs on PIL images (the DeiT / OpenMixup
-  pipelines), so the uint8 result is PIL's to the bit.
+  pipelines), so the uint8 result is PIL's to the bit. Each box is drawn
+  relative to its own image's height and width, so images of different sizes
+  (a list, e.g. TFDS ``imagenet2012``) are cropped as torchvision crops the
+  decoded image, and an image gets the same crop alone as in a batch.
 
   Args:
-    images: uint8 ``[B, H, W, C]``, C in (1, 3).
+    images: uint8 ``[B, H, W, C]``, or a sequence of B uint8 ``[H_i, W_i, C]``;
+      C in (1, 3).
     rng: numpy Generator; draws ``[B, 22]`` crop uniforms then ``B`` flip
       coins.
     size, scale, ratio, interpolation, flip: as ``random_resized_crop_jax``.
@@ -346,44 +383,49 @@ def random_resized_crop_np(images: np.ndarray, rng: np.random.Generator, *,
   Returns:
     uint8 ``[B, size, size, C]``.
   """
-  b, h, w, c = _check_batch(images, uint8=True, channels=(1, 3))
+  b, hs, ws, _ = _uint8_images(images)
   size = _check_size(size)
   scale = check_range(scale, "scale")
   ratio = check_range(ratio, "ratio")
   _check_interpolation(interpolation)
-  boxes = rrc_boxes(np, rng.random((b, _RRC_UNIFORMS)), height=h, width=w,
-                    scale=scale, ratio=ratio)
+  u = rng.random((b, _RRC_UNIFORMS))
+  if isinstance(images, np.ndarray) and images.dtype != object:
+    boxes = rrc_boxes(np, u, height=hs[0], width=ws[0], scale=scale,
+                      ratio=ratio)
+  else:  # the same elementwise rule, one image's size at a time
+    boxes = np.concatenate(
+        [rrc_boxes(np, u[i:i + 1], height=hs[i], width=ws[i], scale=scale,
+                   ratio=ratio) for i in range(b)]).reshape(b, 4)
   flips = rng.random(b) < 0.5 if flip else np.zeros(b, bool)
   return resized_crop_np(images, boxes, size=size, interpolation=interpolation,
                          flip=flips)
 
 
-def resized_crop_np(images: np.ndarray, boxes: np.ndarray, *, size: int,
+def resized_crop_np(images, boxes: np.ndarray, *, size: int,
                     interpolation: str = "bilinear",
                     flip: np.ndarray | None = None) -> np.ndarray:
   """Host (Pillow) crop of ``boxes`` resized to ``size``, flipped where ``flip``.
 
   Args:
-    images: uint8 ``[B, H, W, C]``, C in (1, 3).
-    boxes: int ``[B, 4]`` ``(top, left, h, w)``.
+    images: uint8 ``[B, H, W, C]``, or a sequence of B uint8 ``[H_i, W_i,
+      C]``; C in (1, 3).
+    boxes: int ``[B, 4]`` ``(top, left, h, w)``, each inside its image.
     size, interpolation: output side and filter.
     flip: optional bool ``[B]``.
 
   Returns:
     uint8 ``[B, size, size, C]``.
   """
-  from PIL import Image
-
-  b, _, _, c = _check_batch(images, uint8=True, channels=(1, 3))
+  b, _, _, c = _uint8_images(images)
+  size = _check_size(size)
   _check_interpolation(interpolation)
   resample = _pil_resample(interpolation)
   out = np.empty((b, size, size, c), np.uint8)
   for i in range(b):
     top, left, bh, bw = (int(v) for v in boxes[i])
-    img = Image.fromarray(images[i] if c == 3 else images[i, ..., 0])
-    img = img.crop((left, top, left + bw, top + bh)).resize((size, size),
-                                                            resample)
-    a = np.asarray(img, np.uint8).reshape(size, size, c)
+    img = _to_pil(images[i]).crop((left, top, left + bw, top + bh))
+    a = np.asarray(img.resize((size, size), resample), np.uint8).reshape(
+        size, size, c)
     out[i] = a[:, ::-1] if flip is not None and flip[i] else a
   return out
 
@@ -404,6 +446,41 @@ def center_crop_boxes(height: int, width: int, *, size: int,
     new_w, new_h = scale_size, int(scale_size * height / width)
   return (new_h, new_w, int(round((new_h - size) / 2.0)),
           int(round((new_w - size) / 2.0)))
+
+
+def center_crop_np(images, *, size: int, crop_pct: float = 0.875,
+                   interpolation: str = "bilinear") -> np.ndarray:
+  """The eval transform on the host (Pillow), per image: resize the shorter
+  side to ``floor(size / crop_pct)``, then centre crop ``size``.
+
+  torchvision ``Resize(floor(size / crop_pct))`` + ``CenterCrop(size)`` on PIL
+  images, box for box (``center_crop_boxes``), so images of any size (e.g.
+  TFDS ``imagenet2012``) come out as one ``[B, size, size, C]`` batch.
+
+  Args:
+    images: uint8 ``[B, H, W, C]``, or a sequence of B uint8 ``[H_i, W_i,
+      C]``; C in (1, 3).
+    size: output side.
+    crop_pct: in (0, 1].
+    interpolation: "bilinear" or "bicubic".
+
+  Returns:
+    uint8 ``[B, size, size, C]``.
+  """
+  b, hs, ws, c = _uint8_images(images)
+  size = _check_size(size)
+  _check_interpolation(interpolation)
+  if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+    raise ValueError(f"`crop_pct` must be in (0, 1], got {crop_pct!r}.")
+  resample = _pil_resample(interpolation)
+  out = np.empty((b, size, size, c), np.uint8)
+  for i in range(b):
+    new_h, new_w, top, left = center_crop_boxes(hs[i], ws[i], size=size,
+                                                crop_pct=crop_pct)
+    img = _to_pil(images[i]).resize((new_w, new_h), resample)
+    out[i] = np.asarray(img.crop((left, top, left + size, top + size)),
+                        np.uint8).reshape(size, size, c)
+  return out
 
 
 def center_crop_jax(images: jax.Array, *, size: int, crop_pct: float = 0.875,

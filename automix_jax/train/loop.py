@@ -175,6 +175,10 @@ class _Evaluator:
     self._batch_size = batch_size
     self._sharding = sharding.batch_sharding(mesh)
     self._normalize = data_lib.augment_from_config(data_config, train=False)
+    if data_lib.variable_size(test_source):
+      # Refuses now rather than at the first eval: images that vary in size
+      # need the eval crop (data.image_size > 0, data.crop_pct).
+      self._normalize.for_variable_size()
     self._method = method
     self._num_bins = num_bins
     self._fns = {}

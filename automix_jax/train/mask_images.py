@@ -188,9 +188,17 @@ class MaskImages:
     pick = data_lib.distinct_class_indices(head["label"], num)
     names = (data_lib.CIFAR10_CLASSES
              if config.data.name == data_lib.ARCHIVE_NAME else None)
-    return cls(method, head["image"][pick], head["label"][pick], every=every,
-               mesh=mesh, normalize=data_lib.augment_from_config(
-                   config.data, train=False), class_names=names)
+    normalize = data_lib.augment_from_config(config.data, train=False)
+    images = head["image"]
+    if data_lib.variable_size(test_source):
+      # Images of different sizes: the eval resize + centre crop on the host
+      # makes them one batch (the device half then only normalises).
+      normalize = normalize.for_variable_size()
+      images = normalize.host([images[int(i)] for i in pick], None)
+    else:
+      images = images[pick]
+    return cls(method, images, head["label"][pick], every=every, mesh=mesh,
+               normalize=normalize, class_names=names)
 
   def due(self, step: int) -> bool:
     return step % self.every == 0

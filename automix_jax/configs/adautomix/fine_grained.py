@@ -25,7 +25,7 @@ Data (OpenMixup ``_base_/datasets/cub200/sz224_bs16.py``, the same for Cars and
 Aircraft): resize 256, RandomResizedCrop 224 (scale 0.5-1, bilinear) + flip;
 eval resize 256 + centre crop 224: ``data.augment = "imagenet"`` with
 ``crop_scale = (0.5, 1)``, ``crop_pct = 0.875``. (The crop fractions are
-relative, so cropping the stored image directly instead of its 256-px resize
+relative, so cropping the decoded image directly instead of its 256-px resize
 changes only the resampling.)
 
 ImageNet-pretrained initialisation (the reference's, e.g. the CUB-R18 log loads
@@ -41,8 +41,8 @@ which sets ``config.init_from = {path: init, kind: "converted", skip:
 classifier and its EMA teacher, fresh heads (``one``, ``mix``) for the new
 classes, a fresh generator. Without ``init`` the backbone starts from scratch.
 
-Not reproduced here: the TFDS datasets' images vary in size, which
-``open_tfds`` does not accept yet.
+The TFDS datasets' images vary in size: the crops run on the host, per image,
+from the decoded image (``Augment.for_variable_size``).
 
 ResNeXt-50 is ``resnet50`` with ``groups=32, base_width=4``.
 

@@ -14,8 +14,9 @@ RandomResizedCrop 224 (scale 0.08-1, bicubic) + flip; eval resize 256 (bicubic)
 
 Not reproduced: the R-50 config puts a BatchNorm after the generator's q and k
 convs; ``AdaptiveMask`` has no such option (docs/learned_mixing.md, gaps).
-TFDS ``imagenet2012`` images vary in size, which ``open_tfds`` does not accept
-yet: the data must be stored at a fixed size (the crop then works on it).
+TFDS ``imagenet2012`` images vary in size: the crops run on the host, per
+image, from the decoded image (``Augment.for_variable_size``), as in the
+reference's torchvision pipeline.
 
 Args (``:k=v,...``): model (r18 | r50), epochs.
 """
