@@ -298,6 +298,13 @@ def resume_fingerprint(config: Any) -> dict:
           if not any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)}
 
 
+@functools.cache
+def _base_defaults() -> dict:
+  """The fingerprint of ``configs.common.base_config()``: every key's default."""
+  from automix_jax.configs import common  # configs import train; lazy.
+  return resume_fingerprint(common.base_config())
+
+
 def check_resumable(saved: dict | None, config: Any, workdir: str
                     ) -> int | None:
   """Refuses to resume a checkpoint that was written under another config.
@@ -305,7 +312,10 @@ def check_resumable(saved: dict | None, config: Any, workdir: str
   A silent resume would continue, say, a 3-epoch schedule as an 8-epoch one and
   mix two runs' histories. The one allowed change is an explicit extension:
   ``config.extend=True`` with a larger ``num_epochs`` and nothing else changed
-  (docs/training.md, "Extending a run").
+  (docs/training.md, "Extending a run"). A key the checkpoint lacks because
+  it was written by an older version (the key is in
+  ``configs.common.base_config`` and at its default now) is accepted, with a
+  warning naming it.
 
   Returns:
     The checkpoint's ``num_epochs`` when this is such an extension, else None.
@@ -319,6 +329,16 @@ def check_resumable(saved: dict | None, config: Any, workdir: str
   now = resume_fingerprint(config)
   keys = [k for k in sorted(set(saved) | set(now))
           if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+  # A checkpoint written before a config key existed: the key at its default
+  # (common.base_config) is what that older code did, so it does not block
+  # the resume. Any other value of a new key does.
+  added = [k for k in keys if k not in saved and k in _base_defaults()
+           and now[k] == _base_defaults()[k]]
+  if added:
+    logging.warning(
+        "Resuming a checkpoint written before these config keys existed; "
+        "they are at their defaults: %s", ", ".join(added))
+    keys = [k for k in keys if k not in added]
   if not keys:
     return None
   old, new = saved.get("num_epochs"), now.get("num_epochs")

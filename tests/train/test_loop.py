@@ -406,3 +406,25 @@ def test_init_from_a_finished_run_in_the_loop(tiny_archive, finished_run,
                                 saved["params"]["stem_conv"]["kernel"])
   assert not np.array_equal(params["heads"]["one"]["kernel"],
                             saved["params"]["heads"]["one"]["kernel"])
+
+
+def test_resume_accepts_keys_added_since_at_their_defaults(caplog):
+  """A checkpoint from an older version lacks the keys added since: at their
+  base_config defaults they do not block the resume (with a warning); at any
+  other value, or a key the checkpoint has and the config lost, they do."""
+  from automix_jax.configs import cifar10_cpu
+  config = cifar10_cpu.get_config("mixer=mixup")
+  old = loop.resume_fingerprint(config)
+  for key in ("grad_accum_steps", "data.augment_backend"):
+    assert key in old
+    del old[key]
+  with caplog.at_level("WARNING"):
+    assert loop.check_resumable(old, config, "wd") is None
+  assert "data.augment_backend, grad_accum_steps" in caplog.text
+  config.grad_accum_steps = 2
+  with pytest.raises(ValueError, match=r"grad_accum_steps: '<absent>' -> 2"):
+    loop.check_resumable(old, config, "wd")
+  config.grad_accum_steps = 1
+  gone = dict(loop.resume_fingerprint(config), removed_key=1)
+  with pytest.raises(ValueError, match=r"removed_key: 1 -> '<absent>'"):
+    loop.check_resumable(gone, config, "wd")
