@@ -63,10 +63,10 @@
 # The defaults are the calibrated proxy of results/proxy_calibration.md: 1,000
 # training images, no crop/flip, width 1/4, 40 epochs, where vanilla training
 # memorises its training set (train loss ~0.002) and test accuracy plateaus,
-# i.e. the regime in which mixing is known to help. The committed
-# results/reproduce_cpu.md table was made with the earlier setting its command
-# line states (EPOCHS=15 IMAGES_PER_CLASS=1000 WIDTH=0.125, crop+flip), where
-# the runs underfit.
+# i.e. the regime in which mixing is known to help; results/reproduce_cpu.md
+# is the sweep at these defaults. results/reproduce_cpu_underfit.md keeps the
+# earlier setting (EPOCHS=15 IMAGES_PER_CLASS=1000 WIDTH=0.125, crop+flip),
+# where the runs underfit.
 #
 # Cost, measured on 2 CPU cores: at the earlier setting 6.1-6.7 min per static
 # run, 12.3-12.8 min per AutoMix run, 15.4-16.6 min per AdAutoMix run; at the
