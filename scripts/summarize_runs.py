@@ -203,6 +203,8 @@ def load_run(run_dir: str) -> dict:
       "planned_epochs": cfg.get("num_epochs"),
       "complete": "stopped_at_step" not in s,
       "wall_time_s": s.get("wall_time_s"),
+      # A resumed run's times are its last invocation's only.
+      "resumed_from_step": s.get("resumed_from_step"),
       "images_per_s": s.get("train_images_per_s"),
       "reported_variant": s.get("reported_variant"),
       "reported_top1": s.get("reported_top1"),
@@ -436,6 +438,11 @@ def compare_with_paper(ranked: list[dict], paper: dict[str, float]) -> dict:
 # ---------------------------------------------------------------------------
 # Markdown.
 # ---------------------------------------------------------------------------
+
+
+def _resumed(run: dict) -> str:
+  step = run.get("resumed_from_step")
+  return f" (from step {step})" if step else ""
 
 
 def _f(x: float | None, nd: int = 2) -> str:
@@ -751,13 +758,16 @@ def render(runs: list[dict], *, run_root: str, command: str,
         f"| {r['name']} | {r['epochs']}{'' if r['complete'] else ' (stopped)'}"
         f" | {r['window']} | {_f(r['ema'])} | {_f(r['online'])} | "
         f"{_f(r['final_ema'])} / {_f(r['final_online'])} | {rep} | "
-        f"{_f(r['wall_time_s'] / 60, 1) if r['wall_time_s'] else 'n/a'} | "
+        f"{_f(r['wall_time_s'] / 60, 1) if r['wall_time_s'] else 'n/a'}"
+        f"{_resumed(r)} | "
         f"{_f(r['images_per_s'], 0) if r['images_per_s'] else 'n/a'} | "
         f"{_f(r['train_s_per_epoch'], 1)} | {r['num_evals']} | "
         f"{_f(r['eval_s_per_eval'], 1)} |")
   L += ["", "Train s/epoch excludes evaluation; s/evaluation averages every "
         "evaluation of the run's last invocation (the first one compiles the "
-        "eval programs), all variants of the method included."]
+        "eval programs), all variants of the method included. A run resumed "
+        "from a checkpoint (marked *from step N*) reports the wall time of "
+        "its last invocation only."]
   L.append("")
 
   L += mask_section(runs, curves)

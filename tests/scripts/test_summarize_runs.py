@@ -355,3 +355,14 @@ def test_mask_verdict_spatially_uniform():
   cut = sr.mask_verdict({**base, "mask_spatial_std": (
       steps, [0.001] * 10 + [0.3] + [0.001] * 9)})
   assert cut["flags"] == []
+
+
+def test_resumed_run_says_its_wall_time_is_the_last_invocations(tmp_path):
+  d = write_run(tmp_path / "r", "vanilla_seed0", flat(10, 30), flat(10, 30),
+                wall=120.0)
+  s = json.loads((d / "summary.json").read_text())
+  s["resumed_from_step"] = 200
+  (d / "summary.json").write_text(json.dumps(s))
+  text = sr.summarize(str(tmp_path / "r"), str(tmp_path / "a.md"))
+  row = next(l for l in text.splitlines() if l.startswith("| vanilla_seed0"))
+  assert "| 2.0 (from step 200) |" in row
