@@ -70,8 +70,10 @@
 #
 # Cost, measured on 2 CPU cores: at the earlier setting 6.1-6.7 min per static
 # run, 12.3-12.8 min per AutoMix run, 15.4-16.6 min per AdAutoMix run; at the
-# calibrated setting see results/proxy_calibration.md. Each run's summary.json records its wall
-# time and images/s, and the report tabulates them.
+# calibrated defaults, run alone, 7.0-7.5 min per static run (about half of it
+# evaluation), 13.3-13.6 min per AutoMix run, 15.6 min per AdAutoMix run: the
+# 21-run sweep is ~3.5 h. Each run's summary.json records its wall time and
+# images/s, and the report tabulates them.
 #
 # What is kept: the report, the curves, and a copy of every run's summary.json
 # and gzipped metrics.jsonl under RESULTS/runs/<method>_seed<k>/ (small enough
