@@ -117,7 +117,7 @@ def build_sources(data_config):
         raise ValueError(
             "config data.images_per_class > 0 with a multi-process TFDS source "
             "is not supported (the subset must be drawn over the whole split).")
-      if train.variable_size:
+      if variable_size(train):
         # Images of different sizes cannot be one array: keep the subset's
         # indices and read from the TFDS files. Labels are read in chunks so
         # that the images are not all held at once.

@@ -326,13 +326,20 @@ class Augment:
           "`data.image_size` > 0 (the size every image is cropped to).")
     return (h, w, c)
 
+  def _eval_crop(self) -> bool:
+    """The eval resize + centre crop ("none" with ``crop_pct``)."""
+    return self.name == "none" and self.crop_pct is not None
+
+  def _crops_to_size(self) -> bool:
+    """Whether every image comes out ``image_size`` square whatever its size:
+    a crop kind or the eval centre crop."""
+    return self.name in CROP_KINDS or self._eval_crop()
+
   def host_geometry(self) -> bool:
     """Whether ``host`` makes the images ``image_size`` square (so that it can
     take variable-size images): a crop kind, or the eval centre crop, on the
     numpy backend."""
-    return self.backend == "numpy" and (
-        self.name in CROP_KINDS or (self.name == "none"
-                                    and self.crop_pct is not None))
+    return self.backend == "numpy" and self._crops_to_size()
 
   def for_variable_size(self) -> "Augment":
     """This augment for a source whose images vary in size.
@@ -346,8 +353,7 @@ class Augment:
       ValueError: any other kind (a crop to ``image_size`` is what makes a
         batch of different-size images one array).
     """
-    if self.name not in CROP_KINDS and not (self.name == "none"
-                                            and self.crop_pct is not None):
+    if not self._crops_to_size():
       if self.name == "none":
         raise ValueError(
             "The eval transform of a dataset whose images vary in size needs "
@@ -412,8 +418,7 @@ class Augment:
   def _device_fn(self, x, seed, epoch, step):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch),
                              step)
-    center_crop = (self.name == "none" and self.crop_pct is not None
-                   and self.backend == "jax")  # numpy: done by `host`
+    center_crop = self._eval_crop() and self.backend == "jax"  # numpy: `host`
     if self.backend == "jax" and self.name == "cifar":
       x = _crop_flip_jax(key, x, padding=self.padding, flip=self.flip)
     elif self.backend == "jax" and self.name == "imagenet":
@@ -429,8 +434,7 @@ class Augment:
           jax.random.fold_in(key, 1), x.astype(jnp.float32) / 255.0,
           color_jitter=self.color_jitter)
     x = _normalize_jax(x, self.mean, self.std)
-    if (self.image_size and self.name not in CROP_KINDS
-        and not (self.name == "none" and self.crop_pct is not None)):
+    if self.image_size and not self._crops_to_size():
       x = resize_jax(x, self.image_size, self.resize_method)
     if self.erasing_prob:
       x = T.random_erasing_jax(jax.random.fold_in(key, 2), x,

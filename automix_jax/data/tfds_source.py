@@ -93,10 +93,7 @@ class TfdsSource:
       raise ValueError("A subset of a process-local TFDS source is not "
                        "supported (the subset must be drawn over the whole "
                        "split).")
-    idx = check_indices(indices, len(self))
-    idx = np.where(idx < 0, idx + len(self), idx)
-    if self._subset is not None:
-      idx = self._subset[idx]
+    idx = self._split_indices(indices)
     return TfdsSource(self._ds, name=self.name, split=self.split,
                       global_split=self.global_split,
                       num_classes=self.num_classes,
@@ -119,11 +116,14 @@ class TfdsSource:
         self._batched = False
     return [self._ds[k] for k in keys]
 
-  def __getitem__(self, indices) -> Dict[str, np.ndarray]:
+  def _split_indices(self, indices) -> np.ndarray:
+    """Checked ``indices`` (negative from the end) -> indices into the split."""
     idx = check_indices(indices, len(self))
     idx = np.where(idx < 0, idx + len(self), idx)
-    if self._subset is not None:
-      idx = self._subset[idx]
+    return idx if self._subset is None else self._subset[idx]
+
+  def __getitem__(self, indices) -> Dict[str, np.ndarray]:
+    idx = self._split_indices(indices)
     records = self._read([int(i) for i in idx])
     if not records:
       return {"image": ([] if self.variable_size else

@@ -332,8 +332,9 @@ def check_resumable(saved: dict | None, config: Any, workdir: str
   # A checkpoint written before a config key existed: the key at its default
   # (common.base_config) is what that older code did, so it does not block
   # the resume. Any other value of a new key does.
-  added = [k for k in keys if k not in saved and k in _base_defaults()
-           and now[k] == _base_defaults()[k]]
+  defaults = _base_defaults()
+  added = [k for k in keys
+           if k not in saved and k in defaults and now[k] == defaults[k]]
   if added:
     logging.warning(
         "Resuming a checkpoint written before these config keys existed; "

@@ -395,10 +395,13 @@ class StaticMixing:
     per-device mixing / BatchNorm when it mixes features)."""
     _config_mixer(config)
     _check_model_needs(config)
-    _smmix_loss(config)
+    smmix_loss = _smmix_loss(config)
     label_mix = sumix.from_config(config)
-    if accumulate.steps_of(config) > 1 and (
-        label_mix is not None or "feature_mix" in model_needs(config)):
+    needs = model_needs(config)
+    accumulates = accumulate.steps_of(config) > 1
+    # Targets or loss terms computed from the whole batch's forward pass.
+    whole_batch_targets = "relabel" in needs or smmix_loss is not None
+    if accumulates and (label_mix is not None or "feature_mix" in needs):
       raise ValueError(
           "`config.grad_accum_steps` > 1 does not combine with a feature-mixing "
           "mixer (`config.mixer`) or `config.label_mix`: both act on the whole "
@@ -409,14 +412,12 @@ class StaticMixing:
           "`config.label_mix` (SUMix) replaces the classification loss, so it "
           "does not combine with `config.loss.decouple` (DecoupleMix); enable "
           "one of them.")
-    if accumulate.steps_of(config) > 1 and (
-        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+    if accumulates and whole_batch_targets:
       raise ValueError(
           "`config.grad_accum_steps` > 1 does not combine with a relabelling "
           "mixer (`config.mixer`: its targets come from the whole batch's "
           "forward pass) or `config.loss.smmix`; use grad_accum_steps=1.")
-    if label_mix is not None and (
-        "relabel" in model_needs(config) or _smmix_loss(config) is not None):
+    if label_mix is not None and whole_batch_targets:
       raise ValueError(
           "`config.label_mix` (SUMix) corrects the mixer's λ targets, so it "
           "does not combine with a relabelling mixer (`config.mixer`) or "
